@@ -8,26 +8,137 @@ AMQP_URL=amqp://user:password@host:5672/vhost
 """
 
 import os
+import re
+import socket
 import sys
+from urllib.parse import urlsplit
 
 import pika
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
-message = " ".join(sys.argv[1:]) or "Hello World!"
 
-connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-channel = connection.channel()
 
-# Durable quorum queue: RabbitMQ 4.3 refuses the non-durable queue of the original text.
-channel.queue_declare(queue="hello", durable=True, arguments={"x-queue-type": "quorum"})
+def main():
+    message = " ".join(sys.argv[1:]) or "Hello World!"
 
-channel.basic_publish(
-    exchange="",
-    routing_key="hello",
-    body=message.encode(),
-    properties=pika.BasicProperties(
-        content_type="text/plain", delivery_mode=pika.DeliveryMode.Persistent
-    ),
-)
-print(f" [x] Sent {message!r}")
-connection.close()
+    connection = pika.BlockingConnection(connection_parameters())
+    channel = connection.channel()
+
+    # Durable quorum queue: RabbitMQ 4.3 refuses the non-durable queue of the original text.
+    try:
+        channel.queue_declare(queue="hello", durable=True, arguments={"x-queue-type": "quorum"})
+    except pika.exceptions.ChannelClosedByBroker as refusal:
+        channel = use_existing_hello(connection, refusal)
+
+    # With confirms, basic_publish returns only once the broker has stored the message,
+    # and raises if it could not (mandatory=True: also when no queue took it).
+    channel.confirm_delivery()
+    channel.basic_publish(
+        exchange="",
+        routing_key="hello",
+        body=message.encode(),
+        properties=pika.BasicProperties(
+            content_type="text/plain", delivery_mode=pika.DeliveryMode.Persistent
+        ),
+        mandatory=True,
+    )
+    print(f" [x] Sent {message!r}")
+    connection.close()
+
+
+def connection_parameters():
+    if urlsplit(AMQP_URL).scheme not in ("amqp", "amqps"):
+        raise ValueError("it must start with amqp:// or amqps://")
+    parameters = pika.URLParameters(AMQP_URL)
+    # A broker short of memory or disk blocks publishers; give up instead of hanging.
+    parameters.blocked_connection_timeout = 10
+    return parameters
+
+
+def use_existing_hello(connection, refusal):
+    """A queue "hello" made earlier with other settings: send to it as it is."""
+    if refusal.reply_code != 406:  # PRECONDITION_FAILED: it exists, declared otherwise
+        raise refusal
+    channel = connection.channel()
+    channel.queue_declare(queue="hello", passive=True)
+    print(
+        "Note: using the existing queue 'hello', made with other settings "
+        f"({refusal.reply_text}); delete it for a durable quorum queue: "
+        "rabbitmqctl delete_queue hello",
+        file=sys.stderr,
+    )
+    return channel
+
+
+def explain(error):
+    """One line for the learner: what went wrong and what to do. Never the password."""
+    cause = error
+    while getattr(cause, "exception", None) or (cause.args and cause.args[0]):
+        inner = getattr(cause, "exception", None) or cause.args[0]
+        if not isinstance(inner, BaseException):
+            break
+        cause = inner  # pika wraps the socket error that stopped it
+    errors = pika.exceptions
+    try:
+        url = urlsplit(AMQP_URL)
+        host, port, user = url.hostname, url.port or 5672, url.username or "guest"
+    except ValueError:
+        host = None
+    if isinstance(error, ValueError) or not host:
+        masked = re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", AMQP_URL)
+        return (
+            f"AMQP_URL is not a valid AMQP URL ({error}): {masked}. "
+            "Expected amqp://user:password@host:5672/vhost"
+        )
+    broker = f"RabbitMQ at {host}:{port}"
+    if isinstance(cause, socket.gaierror):
+        return f"Cannot find the host '{host}': check the host name in AMQP_URL."
+    if isinstance(cause, ConnectionRefusedError):
+        return (
+            f"Cannot connect to {broker}: connection refused. Start the broker "
+            "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL."
+        )
+    if type(error) is errors.AMQPConnectionError:  # raised while connecting
+        return f"Cannot connect to {broker} ({cause}): check the host and port in AMQP_URL."
+    if isinstance(error, (errors.ProbableAuthenticationError, errors.AuthenticationError)):
+        if user == "guest" and host not in ("localhost", "127.0.0.1", "::1"):
+            return (
+                f"{broker} refused user 'guest': RabbitMQ lets guest in only from "
+                "localhost. Create a user (rabbitmqctl add_user) and put it in AMQP_URL."
+            )
+        return f"{broker} refused user '{user}': check the user name and password in AMQP_URL."
+    if isinstance(error, errors.ProbableAccessDeniedError):
+        vhost = pika.URLParameters(AMQP_URL).virtual_host
+        return (
+            f"{broker} has no virtual host '{vhost}', or user '{user}' may not use it: "
+            f"create it (rabbitmqctl add_vhost) or fix AMQP_URL."
+        )
+    if isinstance(error, errors.ConnectionBlockedTimeout):
+        return (
+            f"{broker} blocks publishers (a memory or disk alarm); gave up after 10 s: the "
+            "message was not confirmed. Free memory or disk on the broker (see "
+            "rabbitmq-diagnostics alarms), then send again."
+        )
+    if isinstance(error, errors.NackError):
+        return f"{broker} could not store the message (nack): it was not sent. Try again."
+    if isinstance(error, errors.UnroutableError):
+        return f"{broker} returned the message: no queue 'hello' took it. Try again."
+    if isinstance(error, errors.ChannelClosedByBroker):
+        if "larger than" in error.reply_text:
+            return f"{broker} refused the message as too large ({error.reply_text})."
+        return f"{broker} refused: {error.reply_text}."
+    if isinstance(error, (errors.AMQPConnectionError, OSError)):
+        return (
+            f"Lost the connection to {broker} before it confirmed the message "
+            f"({cause or type(cause).__name__}): it may not have been stored. Try again."
+        )
+    return f"send.py failed: {type(error).__name__}: {error}"
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("Interrupted: the message was not sent.")
+    except Exception as error:
+        sys.exit(explain(error))

@@ -58,6 +58,8 @@ class PrivateBroker:
         config = self.dir / "rabbitmq.conf"
         config.write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            # A second loopback address that the scripts take for another machine.
+            f"listeners.tcp.second = 127.0.0.2:{self.port}\n"
             f"max_message_size = {MAX_MESSAGE_SIZE}\n" + extra_config
         )
         (self.dir / "enabled_plugins").write_text("[].\n")
@@ -171,8 +173,10 @@ def amqp(broker):
     channel = connection.channel()
     channel.queue_delete("hello")  # every test starts without a "hello" queue
     yield channel
-    if connection.is_open:
+    try:
         connection.close()
+    except pika.exceptions.AMQPError:
+        pass  # a test restarted the broker under it
 
 
 @pytest.fixture
@@ -230,6 +234,8 @@ class Receiver:
         )
         self.lines = []
         self.new_lines = queue.Queue()
+        self.reading = threading.Event()  # cleared: stdout is left unread, so the pipe fills
+        self.reading.set()
         self.stderr_lines = []
         threading.Thread(target=self._read_stdout, daemon=True).start()
         self.stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
@@ -238,6 +244,7 @@ class Receiver:
     def _read_stdout(self):
         for raw in self.process.stdout:
             self.new_lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+            self.reading.wait()
         self.new_lines.put(None)
 
     def _read_stderr(self):
@@ -271,7 +278,7 @@ class Receiver:
     def finish(self, timeout=15):
         """Wait for exit; gather every remaining line. Returns the exit status."""
         status = self.process.wait(timeout)
-        self.wait_for_lines(0)
+        self.reading.set()
         while True:
             line = self.new_lines.get(timeout=5)
             if line is None:

@@ -1,0 +1,276 @@
+"""Faults a learner can meet: nothing lost, no traceback, one clear line."""
+
+import signal
+import time
+
+import pytest
+from conftest import free_port
+
+WAITING = " [*] Waiting for messages. To exit press CTRL+C"
+PASSWORD = "s3cret-pw"
+
+
+def preload(channel, count):
+    """Put `count` numbered messages in "hello" and wait until the broker holds them."""
+    channel.queue_declare("hello", durable=True, arguments={"x-queue-type": "quorum"})
+    for number in range(count):
+        channel.basic_publish("", "hello", f"message {number}".encode())
+    deadline = time.monotonic() + 60
+    while channel.queue_declare("hello", passive=True).method.message_count < count:
+        assert time.monotonic() < deadline, "the broker did not take the preloaded messages"
+        time.sleep(0.05)
+
+
+def received(lines):
+    return {line for line in lines if line.startswith(" [x] Received")}
+
+
+def waiting_count(channel):
+    return channel.queue_declare("hello", passive=True).method.message_count
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 0), (signal.SIGTERM, 0)],
+    ids=["kill-9", "ctrl-c", "sigterm"],
+)
+def test_receiver_stopped_mid_backlog_loses_nothing(scripts, amqp, signum, status):
+    total = 20000
+    preload(amqp, total)
+    first = scripts.start_receiver()
+    first.wait_for_lines(2000)
+    first.reading.clear()  # stop reading: the pipe fills and receive.py stalls mid-stream
+    time.sleep(0.5)
+
+    first.signal(signum)
+
+    assert first.finish() == status
+    assert "Traceback" not in first.stderr
+    assert len(received(first.lines)) < total, "the first run was not stopped mid-stream"
+    assert waiting_count(amqp) > 0
+    second = scripts.start_receiver()
+    missing = {f" [x] Received 'message {number}'" for number in range(total)}
+    missing -= received(first.lines)
+    seen = 0
+    while missing:  # fails inside wait_for_lines if the second run stops short
+        lines = second.wait_for_lines(seen + 1)
+        missing -= set(lines[seen:])
+        seen = len(lines)
+
+
+def test_receiver_acknowledges_what_it_printed(scripts, amqp):
+    preload(amqp, 3)
+    receiver = scripts.start_receiver()
+    receiver.wait_for_lines(4)
+
+    time.sleep(1)
+    receiver.signal(signal.SIGINT)
+    assert receiver.finish() == 0
+
+    # Messages delivered but never acknowledged would be back in the queue by now.
+    time.sleep(0.5)
+    assert waiting_count(amqp) == 0
+
+
+def test_receiver_reconnects_after_a_broker_restart(scripts, broker):
+    receiver = scripts.start_receiver()
+    receiver.wait_until_ready()
+    scripts.send("before")
+    receiver.wait_for_lines(2)
+
+    broker.restart()
+    scripts.send("after")
+
+    lines = receiver.wait_for_lines(4, timeout=30)
+    assert lines[1] == " [x] Received 'before'"
+    assert lines[2:] == [WAITING, " [x] Received 'after'"]
+    assert receiver.process.poll() is None
+    [lost] = receiver.stderr_lines
+    assert lost.startswith(f"Lost the connection to RabbitMQ at 127.0.0.1:{broker.port} (")
+    assert lost.endswith("); reconnecting. Ctrl+C stops.")
+
+
+def test_waiting_messages_survive_a_broker_restart(scripts, broker):
+    for text in ("one", "two"):
+        assert scripts.send(text).returncode == 0
+
+    broker.restart()
+    receiver = scripts.start_receiver()
+
+    assert receiver.wait_for_lines(3)[1:] == [" [x] Received 'one'", " [x] Received 'two'"]
+
+
+def test_ctrl_c_while_waiting_for_the_broker_exits_0_at_once(scripts, broker):
+    receiver = scripts.start_receiver()
+    receiver.wait_until_ready()
+    try:
+        broker.stop()
+        deadline = time.monotonic() + 15
+        while not any("reconnecting" in line for line in receiver.stderr_lines):
+            assert time.monotonic() < deadline, "receive.py did not say it lost the broker"
+            time.sleep(0.1)
+        time.sleep(1.5)  # inside the retry loop now
+
+        started = time.monotonic()
+        receiver.signal(signal.SIGINT)
+
+        assert receiver.finish() == 0
+        assert time.monotonic() - started < 2
+        assert "Traceback" not in receiver.stderr
+    finally:
+        broker.start()
+
+
+def test_receiver_declares_hello_again_when_it_is_deleted(scripts, amqp):
+    receiver = scripts.start_receiver()
+    receiver.wait_until_ready()
+
+    amqp.queue_delete("hello")
+    time.sleep(0.5)
+    scripts.send("still here")
+
+    assert receiver.wait_for_lines(3)[1:] == [WAITING, " [x] Received 'still here'"]
+    assert "declaring it again" in receiver.stderr
+
+
+# --- one clear line for every failure -------------------------------------------------
+
+
+def run_failing(scripts, script, url, timeout=30):
+    """Run a script that must fail; return its one stderr line after the common checks."""
+    if script == "send.py":
+        done = scripts.send(env={"AMQP_URL": url}, timeout=timeout)
+        status, stdout, stderr = done.returncode, done.stdout, done.stderr
+    else:
+        receiver = scripts.start_receiver(env={"AMQP_URL": url})
+        status = receiver.finish(timeout=timeout)
+        stdout, stderr = "\n".join(receiver.lines), receiver.stderr
+    assert status != 0
+    assert stdout == ""
+    assert "Traceback" not in stderr
+    assert PASSWORD not in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    return stderr
+
+
+BOTH = pytest.mark.parametrize("script", ["send.py", "receive.py"])
+
+
+@BOTH
+def test_no_broker_at_the_address_says_how_to_start_one(scripts, script):
+    port = free_port()
+    line = run_failing(scripts, script, f"amqp://guest:{PASSWORD}@127.0.0.1:{port}/%2F")
+    assert f"Cannot connect to RabbitMQ at 127.0.0.1:{port}: connection refused" in line
+    assert "Start the broker" in line
+
+
+@BOTH
+def test_wrong_password_names_the_user(scripts, broker, script):
+    line = run_failing(scripts, script, f"amqp://guest:{PASSWORD}@127.0.0.1:{broker.port}/%2F")
+    assert f"RabbitMQ at 127.0.0.1:{broker.port} refused user 'guest'" in line
+    assert "check the user name and password" in line
+
+
+@BOTH
+def test_guest_refused_on_another_host_says_guest_is_local_only(scripts, broker, script):
+    url = f"amqp://guest:{PASSWORD}@127.0.0.2:{broker.port}/%2F"
+    line = run_failing(scripts, script, url)
+    assert "lets guest in only from localhost" in line
+
+
+@BOTH
+def test_unknown_virtual_host_is_named(scripts, broker, script):
+    url = f"amqp://guest:guest@127.0.0.1:{broker.port}/no-such-vhost"
+    line = run_failing(scripts, script, url)
+    assert "no virtual host 'no-such-vhost'" in line
+
+
+@BOTH
+@pytest.mark.parametrize(
+    "url",
+    [f"amqp://guest:{PASSWORD}@localhost:notaport/%2F", f"http://guest:{PASSWORD}@localhost/"],
+    ids=["bad-port", "not-amqp"],
+)
+def test_malformed_url_is_shown_without_its_password(scripts, script, url):
+    line = run_failing(scripts, script, url)
+    assert "AMQP_URL is not a valid AMQP URL" in line
+    assert "guest:***@localhost" in line
+
+
+@BOTH
+def test_host_that_does_not_resolve_is_named(scripts, script):
+    line = run_failing(scripts, script, f"amqp://guest:{PASSWORD}@no-such-host.invalid/%2F")
+    assert "Cannot find the host 'no-such-host.invalid'" in line
+
+
+def test_send_gives_up_when_the_broker_blocks_publishers(scripts, broker, amqp):
+    broker.ctl("set_vm_memory_high_watermark", "0")
+    try:
+        started = time.monotonic()
+        line = run_failing(scripts, "send.py", broker.url, timeout=60)
+        assert time.monotonic() - started < 30
+    finally:
+        broker.ctl("set_vm_memory_high_watermark", "0.4")
+    assert "blocks publishers (a memory or disk alarm)" in line
+    assert "gave up after 10 s: the message was not confirmed" in line
+
+
+def test_send_says_when_the_message_is_too_large(scripts, amqp):
+    text = "x" * 50000  # twice this is over the test broker's max_message_size
+
+    done = scripts.send(text, text)
+
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert "refused the message as too large" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert waiting_count(amqp) == 0
+
+
+def test_send_reports_a_message_the_broker_would_not_store(scripts, amqp):
+    # A full queue that rejects new messages makes the broker nack the publish.
+    amqp.queue_declare("hello", arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+
+    done = scripts.send()
+
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert "could not store the message (nack): it was not sent" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- a "hello" queue left over with other settings --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"durable": True}],
+    ids=["2012-text-transient", "classic-durable"],
+)
+def test_leftover_hello_queue_is_used_as_it_is(scripts, amqp, settings):
+    amqp.queue_declare("hello", **settings)
+    receiver = scripts.start_receiver()
+    receiver.wait_until_ready()
+
+    sent = scripts.send()
+
+    assert sent.returncode == 0
+    assert sent.stdout == " [x] Sent 'Hello World!'\n"
+    assert receiver.wait_for_lines(2)[1] == " [x] Received 'Hello World!'"
+    for stderr in (sent.stderr, receiver.stderr):
+        assert stderr.startswith("Note: using the existing queue 'hello'")
+        assert len(stderr.strip().splitlines()) == 1
+
+
+def test_text_the_terminal_cannot_show_is_escaped(scripts):
+    receiver = scripts.start_receiver(env={"PYTHONIOENCODING": "ascii"})
+    receiver.wait_until_ready()
+
+    scripts.send("Привет")
+    scripts.send("next")
+
+    assert receiver.wait_for_lines(3)[1:] == [
+        " [x] Received '\\u041f\\u0440\\u0438\\u0432\\u0435\\u0442'",
+        " [x] Received 'next'",
+    ]
+    assert receiver.stderr == ""
