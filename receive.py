@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pika
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
-# How many unacknowledged messages the broker may hand us at once: enough to stream
-# a backlog at full speed, few enough to keep it in the queue rather than in our memory.
-PREFETCH = 1000
+# How many unacknowledged messages the broker may hand us at once: a bound, so a backlog
+# stays in the queue, yet wide enough that the broker never waits for our acks.
+PREFETCH = 5000
 
 
 def main():
@@ -119,18 +119,23 @@ def readable(body):
 
 
 def broker():
+    """Where AMQP_URL points, for messages: never its password."""
     url = urlsplit(AMQP_URL)
-    return f"RabbitMQ at {url.hostname}:{url.port or 5672}"
+    return f"RabbitMQ at {url.hostname}:{url.port or (5671 if url.scheme == 'amqps' else 5672)}"
+
+
+def socket_error(error):
+    """The network error that stopped pika, under the wrappers it puts around it."""
+    for inner in (error, *error.args):
+        inner = getattr(inner, "exception", inner)
+        if isinstance(inner, OSError):
+            return inner
+    return None
 
 
 def explain(error):
     """One line for the learner: what went wrong and what to do. Never the password."""
-    cause = error
-    while getattr(cause, "exception", None) or (cause.args and cause.args[0]):
-        inner = getattr(cause, "exception", None) or cause.args[0]
-        if not isinstance(inner, BaseException):
-            break
-        cause = inner  # pika wraps the socket error that stopped it
+    cause = socket_error(error)
     errors = pika.exceptions
     try:
         url = urlsplit(AMQP_URL)
@@ -138,6 +143,8 @@ def explain(error):
         where = broker()
     except ValueError:
         host = None
+    if isinstance(error, BrokenPipeError):
+        return "Output closed (broken pipe): stopped; what was not printed stays in the queue."
     if isinstance(error, ValueError) or not host:
         masked = re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", AMQP_URL)
         return (

@@ -70,18 +70,28 @@ def use_existing_hello(connection, refusal):
     return channel
 
 
+def broker():
+    """Where AMQP_URL points, for messages: never its password."""
+    url = urlsplit(AMQP_URL)
+    return f"RabbitMQ at {url.hostname}:{url.port or (5671 if url.scheme == 'amqps' else 5672)}"
+
+
+def socket_error(error):
+    """The network error that stopped pika, under the wrappers it puts around it."""
+    for inner in (error, *error.args):
+        inner = getattr(inner, "exception", inner)
+        if isinstance(inner, OSError):
+            return inner
+    return None
+
+
 def explain(error):
     """One line for the learner: what went wrong and what to do. Never the password."""
-    cause = error
-    while getattr(cause, "exception", None) or (cause.args and cause.args[0]):
-        inner = getattr(cause, "exception", None) or cause.args[0]
-        if not isinstance(inner, BaseException):
-            break
-        cause = inner  # pika wraps the socket error that stopped it
+    cause = socket_error(error)
     errors = pika.exceptions
     try:
         url = urlsplit(AMQP_URL)
-        host, port, user = url.hostname, url.port or 5672, url.username or "guest"
+        host, user, where = url.hostname, url.username or "guest", broker()
     except ValueError:
         host = None
     if isinstance(error, ValueError) or not host:
@@ -90,47 +100,46 @@ def explain(error):
             f"AMQP_URL is not a valid AMQP URL ({error}): {masked}. "
             "Expected amqp://user:password@host:5672/vhost"
         )
-    broker = f"RabbitMQ at {host}:{port}"
     if isinstance(cause, socket.gaierror):
         return f"Cannot find the host '{host}': check the host name in AMQP_URL."
     if isinstance(cause, ConnectionRefusedError):
         return (
-            f"Cannot connect to {broker}: connection refused. Start the broker "
+            f"Cannot connect to {where}: connection refused. Start the broker "
             "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL."
         )
     if type(error) is errors.AMQPConnectionError:  # raised while connecting
-        return f"Cannot connect to {broker} ({cause}): check the host and port in AMQP_URL."
+        return f"Cannot connect to {where} ({cause}): check the host and port in AMQP_URL."
     if isinstance(error, (errors.ProbableAuthenticationError, errors.AuthenticationError)):
         if user == "guest" and host not in ("localhost", "127.0.0.1", "::1"):
             return (
-                f"{broker} refused user 'guest': RabbitMQ lets guest in only from "
+                f"{where} refused user 'guest': RabbitMQ lets guest in only from "
                 "localhost. Create a user (rabbitmqctl add_user) and put it in AMQP_URL."
             )
-        return f"{broker} refused user '{user}': check the user name and password in AMQP_URL."
+        return f"{where} refused user '{user}': check the user name and password in AMQP_URL."
     if isinstance(error, errors.ProbableAccessDeniedError):
         vhost = pika.URLParameters(AMQP_URL).virtual_host
         return (
-            f"{broker} has no virtual host '{vhost}', or user '{user}' may not use it: "
+            f"{where} has no virtual host '{vhost}', or user '{user}' may not use it: "
             f"create it (rabbitmqctl add_vhost) or fix AMQP_URL."
         )
     if isinstance(error, errors.ConnectionBlockedTimeout):
         return (
-            f"{broker} blocks publishers (a memory or disk alarm); gave up after 10 s: the "
+            f"{where} blocks publishers (a memory or disk alarm); gave up after 10 s: the "
             "message was not confirmed. Free memory or disk on the broker (see "
             "rabbitmq-diagnostics alarms), then send again."
         )
     if isinstance(error, errors.NackError):
-        return f"{broker} could not store the message (nack): it was not sent. Try again."
+        return f"{where} could not store the message (nack): it was not sent. Try again."
     if isinstance(error, errors.UnroutableError):
-        return f"{broker} returned the message: no queue 'hello' took it. Try again."
+        return f"{where} returned the message: no queue 'hello' took it. Try again."
     if isinstance(error, errors.ChannelClosedByBroker):
         if "larger than" in error.reply_text:
-            return f"{broker} refused the message as too large ({error.reply_text})."
-        return f"{broker} refused: {error.reply_text}."
+            return f"{where} refused the message as too large ({error.reply_text})."
+        return f"{where} refused: {error.reply_text}."
     if isinstance(error, (errors.AMQPConnectionError, OSError)):
         return (
-            f"Lost the connection to {broker} before it confirmed the message "
-            f"({cause or type(cause).__name__}): it may not have been stored. Try again."
+            f"Lost the connection to {where} before it confirmed the message "
+            f"({error}): it may not have been stored. Try again."
         )
     return f"send.py failed: {type(error).__name__}: {error}"
 
