@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import time
 from urllib.parse import urlsplit
@@ -139,17 +140,36 @@ def explain(error):
     errors = pika.exceptions
     try:
         url = urlsplit(AMQP_URL)
-        host, user = url.hostname, url.username or "guest"
-        where = broker()
+        host, user, where = url.hostname, url.username or "guest", broker()
     except ValueError:
         host = None
     if isinstance(error, BrokenPipeError):
         return "Output closed (broken pipe): stopped; what was not printed stays in the queue."
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        if "mismatch" in cause.verify_message:
+            return (
+                f"TLS: the certificate of {where} is not valid for the host name '{host}' "
+                f"({cause.verify_message}). Use the name it was made for in AMQP_URL."
+            )
+        return (
+            f"TLS: the certificate of {where} is not trusted ({cause.verify_message}). "
+            "For a private CA, set SSL_CERT_FILE to its certificate file (PEM)."
+        )
+    if isinstance(cause, ssl.SSLError):
+        return (
+            f"TLS: {where} did not answer in TLS ({cause.reason}). Is that a plain AMQP "
+            "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://."
+        )
     if isinstance(error, ValueError) or not host:
         masked = re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", AMQP_URL)
         return (
             f"AMQP_URL is not a valid AMQP URL ({error}): {masked}. "
             "Expected amqp://user:password@host:5672/vhost"
+        )
+    if isinstance(error, errors.IncompatibleProtocolError):
+        return (
+            f"{where} closed the connection at once, without speaking AMQP 0-9-1. If that "
+            "port expects TLS, use amqps://; else check the port in AMQP_URL."
         )
     if isinstance(cause, socket.gaierror):
         return f"Cannot find the host '{host}': check the host name in AMQP_URL."

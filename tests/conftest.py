@@ -12,6 +12,7 @@ import queue
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pika
 import pytest
+import trustme
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Debian's /usr/sbin wrappers switch to the rabbitmq user, which cannot write our temp
@@ -47,7 +49,7 @@ def free_port():
 class PrivateBroker:
     """One RabbitMQ node of our own, started and stopped from the tests."""
 
-    def __init__(self, server, base_dir, extra_config=""):
+    def __init__(self, server, base_dir, tls_ca=None):
         self.server = server
         self.ctl_path = str(Path(server).with_name("rabbitmqctl"))
         self.dir = Path(base_dir)
@@ -57,10 +59,8 @@ class PrivateBroker:
         self.log_path = self.dir / "server.log"
         config = self.dir / "rabbitmq.conf"
         config.write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
-            # A second loopback address that the scripts take for another machine.
-            f"listeners.tcp.second = 127.0.0.2:{self.port}\n"
-            f"max_message_size = {MAX_MESSAGE_SIZE}\n" + extra_config
+            (self.tls_config(tls_ca) if tls_ca else self.plain_config())
+            + f"max_message_size = {MAX_MESSAGE_SIZE}\n"
         )
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "rabbitmq-env.conf").write_text("")
@@ -68,7 +68,7 @@ class PrivateBroker:
             os.environ,
             HOME=str(self.dir),  # the Erlang cookie lives here, shared by server and ctl
             RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_PORT=str(self.port),
+            # Else it is the AMQP port + 20000, which may be another broker's.
             RABBITMQ_DIST_PORT=str(free_port()),
             RABBITMQ_CONFIG_FILE=str(config),  # a config in /etc/rabbitmq must not apply
             RABBITMQ_CONF_ENV_FILE=str(self.dir / "rabbitmq-env.conf"),
@@ -78,7 +78,37 @@ class PrivateBroker:
             RABBITMQ_LOGS="-",
         )
         self.process = None
+
+    def plain_config(self):
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        self.parameters = pika.URLParameters(self.url)
+        return (
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            # A second loopback address, which the scripts take for another machine.
+            f"listeners.tcp.second = 127.0.0.2:{self.port}\n"
+        )
+
+    def tls_config(self, ca):
+        """TLS only, with a certificate for "localhost" from the test's own CA."""
+        self.ca_file = self.dir / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        server_cert = ca.issue_cert("localhost")
+        server_cert.cert_chain_pems[0].write_to_path(str(self.dir / "cert.pem"))
+        server_cert.private_key_pem.write_to_path(str(self.dir / "key.pem"))
+        self.url = f"amqps://guest:guest@localhost:{self.port}/%2F"
+        self.parameters = pika.URLParameters(self.url)
+        self.parameters.ssl_options = pika.SSLOptions(
+            ssl.create_default_context(cafile=str(self.ca_file)), "localhost"
+        )
+        return (
+            "listeners.tcp = none\n"
+            f"listeners.ssl.default = 127.0.0.1:{self.port}\n"
+            f"ssl_options.cacertfile = {self.ca_file}\n"
+            f"ssl_options.certfile = {self.dir / 'cert.pem'}\n"
+            f"ssl_options.keyfile = {self.dir / 'key.pem'}\n"
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
+        )
 
     def start(self):
         with open(self.log_path, "ab") as log:
@@ -102,7 +132,7 @@ class PrivateBroker:
 
     def accepts_amqp(self):
         try:
-            pika.BlockingConnection(pika.URLParameters(self.url)).close()
+            pika.BlockingConnection(self.parameters).close()
             return True
         except pika.exceptions.AMQPError:
             return False
@@ -142,17 +172,15 @@ class ExternalBroker:
 
     def __init__(self, url):
         self.url = url
+        self.parameters = pika.URLParameters(url)
 
     def __getattr__(self, name):
         pytest.skip(f"needs a private broker ({name}); TEST_AMQP_URL names an external one")
 
 
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory):
-    external_url = os.environ.get("TEST_AMQP_URL")
-    if external_url:
-        yield ExternalBroker(external_url)
-        return
+def start_private_broker(tmp_path_factory, **options):
+    if os.environ.get("TEST_AMQP_URL"):
+        pytest.skip("needs a private broker; TEST_AMQP_URL names an external one")
     server = find_server()
     if server is None:
         pytest.exit(
@@ -160,8 +188,25 @@ def broker(tmp_path_factory):
             "rabbitmq-server) or set TEST_AMQP_URL to a broker the tests may use.",
             returncode=2,
         )
-    private = PrivateBroker(server, tmp_path_factory.mktemp("broker"))
+    private = PrivateBroker(server, tmp_path_factory.mktemp("broker"), **options)
     private.start()
+    return private
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    if os.environ.get("TEST_AMQP_URL"):
+        yield ExternalBroker(os.environ["TEST_AMQP_URL"])
+        return
+    private = start_private_broker(tmp_path_factory)
+    yield private
+    private.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_broker(tmp_path_factory):
+    """A second private broker that speaks only TLS, its certificate from a test CA."""
+    private = start_private_broker(tmp_path_factory, tls_ca=trustme.CA())
     yield private
     private.stop()
 
@@ -169,7 +214,7 @@ def broker(tmp_path_factory):
 @pytest.fixture
 def amqp(broker):
     """A channel on the test broker, for preparing and inspecting "hello"."""
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    connection = pika.BlockingConnection(broker.parameters)
     channel = connection.channel()
     channel.queue_delete("hello")  # every test starts without a "hello" queue
     yield channel
