@@ -4,7 +4,8 @@ import signal
 import time
 
 import pytest
-from conftest import free_port
+
+from private_broker import free_port
 
 WAITING = " [*] Waiting for messages. To exit press CTRL+C"
 PASSWORD = "s3cret-pw"

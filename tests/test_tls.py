@@ -2,6 +2,7 @@
 
 import pika
 import pytest
+
 from conftest import ScriptRunner
 
 PASSWORD = "s3cret-pw"

@@ -1,0 +1,161 @@
+"""A private RabbitMQ node, for the tests and for `make demo`.
+
+It runs the installed rabbitmq-server with its own node name, ports, data directory,
+config file and Erlang cookie, all under one directory of ours, so a broker the learner
+runs on port 5672 is never touched.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pika
+
+# Debian's /usr/sbin wrappers switch to the rabbitmq user, which cannot write our temp
+# dir; the scripts they wrap run as whoever calls them.
+SERVER_CANDIDATES = ["/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server"]
+BOOT_TIMEOUT = 60
+
+
+class BrokerError(Exception):
+    """The private broker would not start."""
+
+
+def find_server():
+    for candidate in [os.environ.get("RABBITMQ_SERVER", "")] + SERVER_CANDIDATES:
+        path = shutil.which(candidate) if candidate else None
+        if path:
+            return path
+    return None
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PrivateBroker:
+    """One RabbitMQ node of our own, started and stopped from the tests."""
+
+    def __init__(self, server, base_dir, tls_ca=None, max_message_size=None):
+        self.server = server
+        self.ctl_path = str(Path(server).with_name("rabbitmqctl"))
+        self.dir = Path(base_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.node = f"hello-test-{self.port}@localhost"
+        self.log_path = self.dir / "server.log"
+        config = self.dir / "rabbitmq.conf"
+        config.write_text(
+            (self.tls_config(tls_ca) if tls_ca else self.plain_config())
+            + (f"max_message_size = {max_message_size}\n" if max_message_size else "")
+        )
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq-env.conf").write_text("")
+        self.env = dict(
+            os.environ,
+            HOME=str(self.dir),  # the Erlang cookie lives here, shared by server and ctl
+            RABBITMQ_NODENAME=self.node,
+            # Else it is the AMQP port + 20000, which may be another broker's.
+            RABBITMQ_DIST_PORT=str(free_port()),
+            RABBITMQ_CONFIG_FILE=str(config),  # a config in /etc/rabbitmq must not apply
+            RABBITMQ_CONF_ENV_FILE=str(self.dir / "rabbitmq-env.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
+            RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.dir / "log"),
+            RABBITMQ_LOGS="-",
+        )
+        self.process = None
+
+    def plain_config(self):
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        self.parameters = pika.URLParameters(self.url)
+        return (
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            # A second loopback address, which the scripts take for another machine.
+            f"listeners.tcp.second = 127.0.0.2:{self.port}\n"
+        )
+
+    def tls_config(self, ca):
+        """TLS only, with a certificate for "localhost" from the test's own CA."""
+        self.ca_file = self.dir / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        server_cert = ca.issue_cert("localhost")
+        server_cert.cert_chain_pems[0].write_to_path(str(self.dir / "cert.pem"))
+        server_cert.private_key_pem.write_to_path(str(self.dir / "key.pem"))
+        self.url = f"amqps://guest:guest@localhost:{self.port}/%2F"
+        self.parameters = pika.URLParameters(self.url)
+        self.parameters.ssl_options = pika.SSLOptions(
+            ssl.create_default_context(cafile=str(self.ca_file)), "localhost"
+        )
+        return (
+            "listeners.tcp = none\n"
+            f"listeners.ssl.default = 127.0.0.1:{self.port}\n"
+            f"ssl_options.cacertfile = {self.ca_file}\n"
+            f"ssl_options.certfile = {self.dir / 'cert.pem'}\n"
+            f"ssl_options.keyfile = {self.dir / 'key.pem'}\n"
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
+        )
+
+    def start(self):
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.server],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.fail(f"rabbitmq-server exited with status {self.process.returncode}")
+            if self.accepts_amqp():
+                return
+            time.sleep(0.1)
+        self.stop()
+        self.fail(f"rabbitmq-server did not accept AMQP within {BOOT_TIMEOUT} s")
+
+    def accepts_amqp(self):
+        try:
+            pika.BlockingConnection(self.parameters).close()
+            return True
+        except pika.exceptions.AMQPError:
+            return False
+
+    def stop(self):
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def ctl(self, *args):
+        done = subprocess.run(
+            [self.ctl_path, "-n", self.node, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+    def fail(self, why):
+        log = self.log_path.read_text(errors="replace")[-3000:]
+        raise BrokerError(f"{why}; its log ends:\n{log}")
