@@ -1,0 +1,157 @@
+"""The READMEs cannot drift from the scripts: what they quote is what the code does."""
+
+import ast
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+READMES = ["README.md", "README.ru.md"]
+SCRIPTS = ["send.py", "receive.py"]
+
+
+def blocks(readme, *languages):
+    """The fenced code blocks of a README in these languages, each a list of lines."""
+    text = (PROJECT / readme).read_text(encoding="utf-8")
+    pattern = r"^```(\w*)\n(.*?)^```"
+    return [
+        body.splitlines()
+        for language, body in re.findall(pattern, text, re.S | re.M)
+        if language in languages
+    ]
+
+
+def as_pattern(node):
+    """A regular expression for the strings an expression in the scripts can make."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return re.escape(node.value)
+    if isinstance(node, ast.JoinedStr):
+        return "".join(
+            as_pattern(part) if isinstance(part, ast.Constant) else ".+" for part in node.values
+        )
+    raise AssertionError(f"not a message: {ast.dump(node)}")
+
+
+def printed(script):
+    """(stdout patterns, stderr patterns) for every line the script can print."""
+    tree = ast.parse((PROJECT / script).read_text(encoding="utf-8"))
+    stdout, stderr = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "explain":
+            stderr |= {as_pattern(n.value) for n in ast.walk(node) if isinstance(n, ast.Return)}
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        name = ast.unparse(node.func)
+        to_stderr = any(ast.unparse(k.value) == "sys.stderr" for k in node.keywords)
+        if name == "print":
+            (stderr if to_stderr else stdout).add(as_pattern(node.args[0]))
+        elif name == "sys.exit" and isinstance(node.args[0], (ast.Constant, ast.JoinedStr)):
+            stderr.add(as_pattern(node.args[0]))
+    return stdout, stderr
+
+
+STDOUT = set().union(*(printed(script)[0] for script in SCRIPTS))
+STDERR = set().union(*(printed(script)[1] for script in SCRIPTS))
+
+
+def troubleshooting_lines(readme):
+    text = (PROJECT / readme).read_text(encoding="utf-8")
+    return re.findall(r"^\| `(.+?)` \|", text, re.M)
+
+
+def test_the_scripts_messages_were_found():
+    # Guards the extraction itself: an empty set would make the checks below vacuous.
+    assert len(STDOUT) == 3
+    assert len(STDERR) > 20
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_every_output_line_quoted_is_one_the_scripts_print(readme):
+    quoted = [
+        line
+        for block in blocks(readme, "text", "")
+        for line in block
+        if line.startswith((" [x]", " [*]"))
+    ]
+    assert quoted
+    for line in quoted:
+        assert any(re.fullmatch(pattern, line) for pattern in STDOUT), line
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_troubleshooting_table_lists_only_lines_the_scripts_print(readme):
+    lines = troubleshooting_lines(readme)
+    for line in lines:
+        assert any(re.fullmatch(pattern, line) for pattern in STDERR), line
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_troubleshooting_table_lists_every_line_the_scripts_print(readme):
+    lines = troubleshooting_lines(readme)
+    for pattern in STDERR:
+        assert any(re.fullmatch(pattern, line) for line in lines), pattern
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_python_quoted_from_the_scripts_is_in_them(readme):
+    code = {
+        line.strip()
+        for script in SCRIPTS
+        for line in (PROJECT / script).read_text(encoding="utf-8").splitlines()
+    }
+    quoted = [line.strip() for block in blocks(readme, "python") for line in block]
+    assert quoted
+    for line in quoted:
+        assert line in code, line
+
+
+def commands(readme):
+    """Shell lines of a README that run the scripts, the tests or make."""
+    return [
+        line.strip()
+        for block in blocks(readme, "bash", "powershell")
+        for line in block
+        if re.search(r"\b(send\.py|receive\.py|pytest|make)\b", line)
+    ]
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_shell_commands_are_ones_the_project_supports(readme):
+    makefile = (PROJECT / "Makefile").read_text()
+    targets = set(re.findall(r"^(\w+):", makefile, re.M))
+    found = commands(readme)
+    assert found
+    for line in found:
+        words = shlex.split(line)
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+            words.pop(0)  # VAR=value before a command
+        if words[0] == "make":
+            assert set(words[1:]) <= targets, line
+        else:
+            assert words[0] in ("python", "python3", "py"), line
+            assert words[1] in SCRIPTS or words[1:3] == ["-m", "pytest"], line
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_the_test_command_given_is_what_ci_runs(readme):
+    ci = (PROJECT / ".ci" / "run").read_text()
+    assert "make test" in commands(readme)
+    assert re.search(r"^make test$", ci, re.M)
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_send_commands_given_work(readme, scripts, amqp):
+    sends = [line for line in commands(readme) if re.match(r"python3? send\.py", line)]
+    assert sends
+    for line in sends:
+        done = scripts.run(*shlex.split(line)[1:])
+        assert done.returncode == 0, (line, done.stderr)
+        assert done.stdout.startswith(" [x] Sent '")
+    assert amqp.queue_declare("hello", passive=True).method.message_count == len(sends)
+
+
+def test_readmes_link_to_each_other():
+    assert "(README.ru.md)" in (PROJECT / "README.md").read_text(encoding="utf-8")
+    assert "(README.md)" in (PROJECT / "README.ru.md").read_text(encoding="utf-8")
