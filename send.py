@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import pika
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
+# A broker short of memory or disk blocks publishers: give up after this many seconds.
+BLOCKED_TIMEOUT = 10
 
 
 def main():
@@ -51,8 +53,7 @@ def connection_parameters():
     if urlsplit(AMQP_URL).scheme not in ("amqp", "amqps"):
         raise ValueError("it must start with amqp:// or amqps://")
     parameters = pika.URLParameters(AMQP_URL)
-    # A broker short of memory or disk blocks publishers; give up instead of hanging.
-    parameters.blocked_connection_timeout = 10
+    parameters.blocked_connection_timeout = BLOCKED_TIMEOUT
     return parameters
 
 
@@ -145,9 +146,9 @@ def explain(error):
         )
     if isinstance(error, errors.ConnectionBlockedTimeout):
         return (
-            f"{where} blocks publishers (a memory or disk alarm); gave up after 10 s: the "
-            "message was not confirmed. Free memory or disk on the broker (see "
-            "rabbitmq-diagnostics alarms), then send again."
+            f"{where} blocks publishers (a memory or disk alarm); gave up after "
+            f"{BLOCKED_TIMEOUT} s: the message was not confirmed. Free memory or disk on "
+            "the broker (see rabbitmq-diagnostics alarms), then send again."
         )
     if isinstance(error, errors.NackError):
         return f"{where} could not store the message (nack): it was not sent. Try again."

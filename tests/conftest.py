@@ -25,6 +25,8 @@ from private_broker import BrokerError, PrivateBroker, find_server
 PROJECT = Path(__file__).resolve().parent.parent
 # Small enough that a message typed on the command line can exceed it.
 MAX_MESSAGE_SIZE = 65536
+# The password in URLs of failing runs: no output may show it.
+PASSWORD = "s3cret-pw"
 
 
 class ExternalBroker:
@@ -122,6 +124,24 @@ class ScriptRunner:
         receiver = Receiver(dict(self.env, **(env or {})))
         self.running.append(receiver)
         return receiver
+
+    def failure_line(self, script, env=None, timeout=30):
+        """Run a script that must fail; after the checks every failure must pass (non-zero
+        exit, nothing on stdout, one line on stderr, no traceback, no password), return
+        that line."""
+        if script == "send.py":
+            done = self.send(env=env, timeout=timeout)
+            status, stdout, stderr = done.returncode, done.stdout, done.stderr
+        else:
+            receiver = self.start_receiver(env=env)
+            status = receiver.finish(timeout=timeout)
+            stdout, stderr = "\n".join(receiver.lines), receiver.stderr
+        assert status != 0
+        assert stdout == ""
+        assert "Traceback" not in stderr
+        assert PASSWORD not in stderr
+        assert len(stderr.strip().splitlines()) == 1, stderr
+        return stderr.strip()
 
     def stop_all(self):
         for receiver in self.running:

@@ -6,6 +6,7 @@ runs on port 5672 is never touched.
 """
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,9 +36,16 @@ def find_server():
 
 
 def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port below the ephemeral range (32768 and up on Linux), so that no client
+    socket can take it while the broker restarts."""
+    while True:
+        port = random.randint(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
 
 
 class PrivateBroker:

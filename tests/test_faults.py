@@ -5,10 +5,10 @@ import time
 
 import pytest
 
+from conftest import PASSWORD
 from private_broker import free_port
 
 WAITING = " [*] Waiting for messages. To exit press CTRL+C"
-PASSWORD = "s3cret-pw"
 
 
 def preload(channel, count):
@@ -137,37 +137,22 @@ def test_receiver_declares_hello_again_when_it_is_deleted(scripts, amqp):
 # --- one clear line for every failure -------------------------------------------------
 
 
-def run_failing(scripts, script, url, timeout=30):
-    """Run a script that must fail; return its one stderr line after the common checks."""
-    if script == "send.py":
-        done = scripts.send(env={"AMQP_URL": url}, timeout=timeout)
-        status, stdout, stderr = done.returncode, done.stdout, done.stderr
-    else:
-        receiver = scripts.start_receiver(env={"AMQP_URL": url})
-        status = receiver.finish(timeout=timeout)
-        stdout, stderr = "\n".join(receiver.lines), receiver.stderr
-    assert status != 0
-    assert stdout == ""
-    assert "Traceback" not in stderr
-    assert PASSWORD not in stderr
-    assert len(stderr.strip().splitlines()) == 1, stderr
-    return stderr
-
-
 BOTH = pytest.mark.parametrize("script", ["send.py", "receive.py"])
 
 
 @BOTH
 def test_no_broker_at_the_address_says_how_to_start_one(scripts, script):
     port = free_port()
-    line = run_failing(scripts, script, f"amqp://guest:{PASSWORD}@127.0.0.1:{port}/%2F")
+    url = f"amqp://guest:{PASSWORD}@127.0.0.1:{port}/%2F"
+    line = scripts.failure_line(script, {"AMQP_URL": url})
     assert f"Cannot connect to RabbitMQ at 127.0.0.1:{port}: connection refused" in line
     assert "Start the broker" in line
 
 
 @BOTH
 def test_wrong_password_names_the_user(scripts, broker, script):
-    line = run_failing(scripts, script, f"amqp://guest:{PASSWORD}@127.0.0.1:{broker.port}/%2F")
+    url = f"amqp://guest:{PASSWORD}@127.0.0.1:{broker.port}/%2F"
+    line = scripts.failure_line(script, {"AMQP_URL": url})
     assert f"RabbitMQ at 127.0.0.1:{broker.port} refused user 'guest'" in line
     assert "check the user name and password" in line
 
@@ -175,14 +160,14 @@ def test_wrong_password_names_the_user(scripts, broker, script):
 @BOTH
 def test_guest_refused_on_another_host_says_guest_is_local_only(scripts, broker, script):
     url = f"amqp://guest:{PASSWORD}@127.0.0.2:{broker.port}/%2F"
-    line = run_failing(scripts, script, url)
+    line = scripts.failure_line(script, {"AMQP_URL": url})
     assert "lets guest in only from localhost" in line
 
 
 @BOTH
 def test_unknown_virtual_host_is_named(scripts, broker, script):
     url = f"amqp://guest:guest@127.0.0.1:{broker.port}/no-such-vhost"
-    line = run_failing(scripts, script, url)
+    line = scripts.failure_line(script, {"AMQP_URL": url})
     assert "no virtual host 'no-such-vhost'" in line
 
 
@@ -193,14 +178,15 @@ def test_unknown_virtual_host_is_named(scripts, broker, script):
     ids=["bad-port", "not-amqp"],
 )
 def test_malformed_url_is_shown_without_its_password(scripts, script, url):
-    line = run_failing(scripts, script, url)
+    line = scripts.failure_line(script, {"AMQP_URL": url})
     assert "AMQP_URL is not a valid AMQP URL" in line
     assert "guest:***@localhost" in line
 
 
 @BOTH
 def test_host_that_does_not_resolve_is_named(scripts, script):
-    line = run_failing(scripts, script, f"amqp://guest:{PASSWORD}@no-such-host.invalid/%2F")
+    url = f"amqp://guest:{PASSWORD}@no-such-host.invalid/%2F"
+    line = scripts.failure_line(script, {"AMQP_URL": url})
     assert "Cannot find the host 'no-such-host.invalid'" in line
 
 
@@ -208,7 +194,7 @@ def test_send_gives_up_when_the_broker_blocks_publishers(scripts, broker, amqp):
     broker.ctl("set_vm_memory_high_watermark", "0")
     try:
         started = time.monotonic()
-        line = run_failing(scripts, "send.py", broker.url, timeout=60)
+        line = scripts.failure_line("send.py", {"AMQP_URL": broker.url}, timeout=60)
         assert time.monotonic() - started < 30
     finally:
         broker.ctl("set_vm_memory_high_watermark", "0.4")

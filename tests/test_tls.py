@@ -3,9 +3,7 @@
 import pika
 import pytest
 
-from conftest import ScriptRunner
-
-PASSWORD = "s3cret-pw"
+from conftest import PASSWORD, ScriptRunner
 
 
 @pytest.fixture
@@ -31,23 +29,6 @@ def test_round_trip_over_amqps_with_a_private_ca(tls_scripts):
     assert receiver.stderr == ""
 
 
-def failing(runner, script, **env):
-    """Run a script that must fail; return its one stderr line after the common checks."""
-    if script == "send.py":
-        done = runner.send(env=env)
-        status, stdout, stderr = done.returncode, done.stdout, done.stderr
-    else:
-        receiver = runner.start_receiver(env=env)
-        status = receiver.finish()
-        stdout, stderr = "\n".join(receiver.lines), receiver.stderr
-    assert status != 0
-    assert stdout == ""
-    assert "Traceback" not in stderr
-    assert PASSWORD not in stderr
-    assert len(stderr.strip().splitlines()) == 1, stderr
-    return stderr.strip()
-
-
 BOTH = pytest.mark.parametrize("script", ["send.py", "receive.py"])
 
 
@@ -56,7 +37,7 @@ def test_untrusted_certificate_says_how_to_trust_a_private_ca(tls_scripts, tls_b
     tls_scripts.env.pop("SSL_CERT_FILE")
     url = f"amqps://guest:{PASSWORD}@localhost:{tls_broker.port}/%2F"
 
-    line = failing(tls_scripts, script, AMQP_URL=url)
+    line = tls_scripts.failure_line(script, {"AMQP_URL": url})
 
     assert line.startswith(f"TLS: the certificate of RabbitMQ at localhost:{tls_broker.port}")
     assert "is not trusted" in line
@@ -68,7 +49,7 @@ def test_host_name_mismatch_names_the_host(tls_scripts, tls_broker, script):
     # The certificate is for "localhost", not for "127.0.0.1".
     url = f"amqps://guest:{PASSWORD}@127.0.0.1:{tls_broker.port}/%2F"
 
-    line = failing(tls_scripts, script, AMQP_URL=url)
+    line = tls_scripts.failure_line(script, {"AMQP_URL": url})
 
     assert "is not valid for the host name '127.0.0.1'" in line
 
@@ -77,7 +58,7 @@ def test_host_name_mismatch_names_the_host(tls_scripts, tls_broker, script):
 def test_amqps_to_a_plain_amqp_port_says_so(tls_scripts, broker, script):
     url = f"amqps://guest:{PASSWORD}@localhost:{broker.port}/%2F"
 
-    line = failing(tls_scripts, script, AMQP_URL=url)
+    line = tls_scripts.failure_line(script, {"AMQP_URL": url})
 
     assert f"RabbitMQ at localhost:{broker.port} did not answer in TLS" in line
     assert "amqp://" in line
@@ -87,7 +68,7 @@ def test_amqps_to_a_plain_amqp_port_says_so(tls_scripts, broker, script):
 def test_plain_amqp_to_a_tls_port_says_so(tls_scripts, tls_broker, script):
     url = f"amqp://guest:{PASSWORD}@localhost:{tls_broker.port}/%2F"
 
-    line = failing(tls_scripts, script, AMQP_URL=url)
+    line = tls_scripts.failure_line(script, {"AMQP_URL": url})
 
     assert f"RabbitMQ at localhost:{tls_broker.port} closed the connection at once" in line
     assert "amqps://" in line
