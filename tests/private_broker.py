@@ -59,6 +59,7 @@ class PrivateBroker:
         self.port = free_port()
         self.node = f"hello-test-{self.port}@localhost"
         self.log_path = self.dir / "server.log"
+        self.max_message_size = max_message_size
         config = self.dir / "rabbitmq.conf"
         config.write_text(
             (self.tls_config(tls_ca) if tls_ca else self.plain_config())
