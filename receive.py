@@ -75,7 +75,11 @@ def keep_receiving():
             main()
             print("Note: the queue 'hello' was deleted; declaring it again.", file=sys.stderr)
             continue
-        except (errors.StreamLostError, errors.ConnectionClosedByBroker) as lost:
+        except (
+            errors.StreamLostError,  # the network or the broker went away
+            errors.AMQPHeartbeatTimeout,  # ... silently
+            errors.ConnectionClosedByBroker,  # the broker is shutting down, say
+        ) as lost:
             reason = getattr(lost, "reply_text", None) or lost
             print(
                 f"Lost the connection to {broker()} ({reason}); reconnecting. Ctrl+C stops.",

@@ -150,6 +150,11 @@ class PrivateBroker:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
+    def freeze(self, frozen=True):
+        """Stop (or resume) the whole node without closing a socket: to its clients, a
+        network that went silent."""
+        os.killpg(self.process.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def restart(self):
         self.stop()
         self.start()

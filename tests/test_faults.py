@@ -91,6 +91,30 @@ def test_receiver_reconnects_after_a_broker_restart(scripts, broker):
     assert lost.endswith("); reconnecting. Ctrl+C stops.")
 
 
+def test_receiver_reconnects_when_the_broker_stops_answering(scripts, broker):
+    # Only heartbeats notice a silent network; a short interval keeps the test short.
+    receiver = scripts.start_receiver(env={"AMQP_URL": broker.url + "?heartbeat=2"})
+    receiver.wait_until_ready()
+    broker.freeze()
+    try:
+        deadline = time.monotonic() + 30
+        while not receiver.stderr_lines:
+            assert time.monotonic() < deadline, "receive.py did not notice the silence"
+            time.sleep(0.2)
+    finally:
+        broker.freeze(False)
+
+    sent = scripts.send("after the silence")
+
+    assert sent.returncode == 0
+    assert receiver.wait_for_lines(3, timeout=60)[1:] == [
+        WAITING,
+        " [x] Received 'after the silence'",
+    ]
+    [lost] = receiver.stderr_lines
+    assert lost.startswith(f"Lost the connection to RabbitMQ at 127.0.0.1:{broker.port} (")
+
+
 def test_waiting_messages_survive_a_broker_restart(scripts, broker):
     for text in ("one", "two"):
         assert scripts.send(text).returncode == 0
