@@ -53,6 +53,9 @@ def connection_parameters():
     if urlsplit(AMQP_URL).scheme not in ("amqp", "amqps"):
         raise ValueError("it must start with amqp:// or amqps://")
     parameters = pika.URLParameters(AMQP_URL)
+    context = parameters.ssl_options and parameters.ssl_options.context
+    if context and not (context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED):
+        raise ValueError("its ssl_options turn off the check of the broker's certificate")
     parameters.blocked_connection_timeout = BLOCKED_TIMEOUT
     return parameters
 

@@ -88,3 +88,14 @@ def test_receiver_over_tls_reconnects_after_a_broker_restart(tls_scripts, tls_br
     ]
     [lost] = receiver.stderr_lines
     assert "Lost the connection" in lost
+
+
+@BOTH
+def test_url_options_cannot_turn_certificate_checks_off(tls_scripts, tls_broker, script):
+    # pika reads ssl_options from the URL; protocol 2 (PROTOCOL_TLS) checks nothing.
+    options = f"{{'protocol': 2, 'ca_certs': '{tls_broker.ca_file}'}}"
+    url = f"amqps://guest:{PASSWORD}@localhost:{tls_broker.port}/%2F?ssl_options={options}"
+
+    line = tls_scripts.failure_line(script, {"AMQP_URL": url})
+
+    assert "its ssl_options turn off the check of the broker's certificate" in line
