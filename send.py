@@ -50,8 +50,14 @@ def main():
 
 
 def connection_parameters():
-    if urlsplit(AMQP_URL).scheme not in ("amqp", "amqps"):
+    """pika's parameters for AMQP_URL, refusing what is not AMQP or would not be safe."""
+    url = urlsplit(AMQP_URL)
+    if url.scheme not in ("amqp", "amqps"):
         raise ValueError("it must start with amqp:// or amqps://")
+    try:
+        url.port  # raises on a non-number; pika's message would quote what stands there
+    except ValueError:
+        raise ValueError("no port number after the host; write / as %2F, @ as %40") from None
     parameters = pika.URLParameters(AMQP_URL)
     context = parameters.ssl_options and parameters.ssl_options.context
     if context and not (context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED):
@@ -115,7 +121,7 @@ def explain(error):
             "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://."
         )
     if isinstance(error, ValueError) or not host:
-        masked = re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", AMQP_URL)
+        masked = re.sub(r"(://[^:/@]*:).*@", r"\1***@", AMQP_URL)  # up to the last @
         return (
             f"AMQP_URL is not a valid AMQP URL ({error}): {masked}. "
             "Expected amqp://user:password@host:5672/vhost"

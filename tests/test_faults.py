@@ -198,13 +198,19 @@ def test_unknown_virtual_host_is_named(scripts, broker, script):
 @BOTH
 @pytest.mark.parametrize(
     "url",
-    [f"amqp://guest:{PASSWORD}@localhost:notaport/%2F", f"http://guest:{PASSWORD}@localhost/"],
-    ids=["bad-port", "not-amqp"],
+    [
+        f"amqp://guest:{PASSWORD}@localhost:notaport/%2F",
+        f"http://guest:{PASSWORD}@localhost/",
+        "amqp://guest:zq9/xk7@localhost/%2F",  # the / ends the host part early
+    ],
+    ids=["bad-port", "not-amqp", "slash-in-password"],
 )
 def test_malformed_url_is_shown_without_its_password(scripts, script, url):
     line = scripts.failure_line(script, {"AMQP_URL": url})
     assert "AMQP_URL is not a valid AMQP URL" in line
     assert "guest:***@localhost" in line
+    assert "zq9" not in line
+    assert "xk7" not in line
 
 
 @BOTH
