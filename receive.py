@@ -216,7 +216,10 @@ if __name__ == "__main__":
     # Lines go out in batches, each flushed before its messages are acknowledged
     # (PrintedAcks); text the terminal cannot show is escaped rather than a crash.
     sys.stdout.reconfigure(line_buffering=False, write_through=False, errors="backslashreplace")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # docker stop = Ctrl+C
+    # SIGTERM (docker stop) stops us as Ctrl+C does, and so does SIGINT even where the
+    # shell that started us in the background told it to be ignored.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         keep_receiving()
     except KeyboardInterrupt:

@@ -120,8 +120,8 @@ class ScriptRunner:
     def send(self, *args, **kwargs):
         return self.run("send.py", *args, **kwargs)
 
-    def start_receiver(self, env=None):
-        receiver = Receiver(dict(self.env, **(env or {})))
+    def start_receiver(self, env=None, sigint=signal.SIG_DFL):
+        receiver = Receiver(dict(self.env, **(env or {})), sigint)
         self.running.append(receiver)
         return receiver
 
@@ -151,7 +151,7 @@ class ScriptRunner:
 class Receiver:
     """receive.py running in the background, its output read line by line as it comes."""
 
-    def __init__(self, env):
+    def __init__(self, env, sigint):
         self.process = subprocess.Popen(
             [sys.executable, "receive.py"],
             cwd=PROJECT,
@@ -159,8 +159,8 @@ class Receiver:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            # A shell that started us in the background may have left SIGINT ignored.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            # As a terminal starts it; SIG_IGN: as a script's "receive.py &" does.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
         )
         self.lines = []
         self.new_lines = queue.Queue()

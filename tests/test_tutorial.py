@@ -98,3 +98,14 @@ def test_ctrl_c_exits_0_without_traceback_or_lost_lines(scripts):
     assert receiver.finish() == 0
     assert receiver.lines == [WAITING, " [x] Received 'one'", " [x] Received 'two'"]
     assert "Traceback" not in receiver.stderr
+
+
+def test_sigint_stops_a_receiver_that_a_script_started_in_the_background(scripts):
+    # A non-interactive shell starts "python receive.py &" with SIGINT ignored.
+    receiver = scripts.start_receiver(sigint=signal.SIG_IGN)
+    receiver.wait_until_ready()
+
+    receiver.signal(signal.SIGINT)
+
+    assert receiver.finish() == 0
+    assert receiver.stderr == ""

@@ -6,16 +6,20 @@ the tests do, and removes it afterwards.
 """
 
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pika
 
 PROJECT = Path(__file__).resolve().parent.parent
+WAIT = 10  # seconds for receive.py to show a line
 sys.path.insert(0, str(PROJECT / "tests"))
 from private_broker import BrokerError, PrivateBroker, find_server  # noqa: E402
 
@@ -59,19 +63,44 @@ def run_pair(env):
     receiver = subprocess.Popen(
         [sys.executable, "receive.py"], cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True
     )
+    lines = queue.Queue()
+    threading.Thread(target=read_lines, args=(receiver.stdout, lines), daemon=True).start()
     try:
-        print(receiver.stdout.readline(), end="")
+        if not show_until(lines, "Waiting for messages"):
+            sys.exit(1)  # receive.py said why on stderr
         print("terminal 2 $ python send.py")
         if subprocess.run([sys.executable, "send.py"], cwd=PROJECT, env=env).returncode:
             sys.exit(1)
         print("terminal 1:")
-        for line in receiver.stdout:  # older messages in "hello" come out first
-            print(line, end="")
-            if "Received 'Hello World!'" in line:
-                break
+        if not show_until(lines, "Received 'Hello World!'"):  # older messages come first
+            sys.exit(
+                f"receive.py did not print the message within {WAIT} s. Is another "
+                "receive.py running? It may have taken the message."
+            )
     finally:
         receiver.send_signal(signal.SIGINT)
         receiver.wait(10)
+
+
+def read_lines(stream, lines):
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def show_until(lines, text):
+    """Print receive.py's lines until one contains text; False if it does not come."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            line = lines.get(timeout=max(0, deadline - time.monotonic()))
+        except queue.Empty:
+            return False
+        if line is None:
+            return False
+        print(line, end="")
+        if text in line:
+            return True
 
 
 if __name__ == "__main__":
