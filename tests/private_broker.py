@@ -117,6 +117,7 @@ class PrivateBroker:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [self.server],
+                cwd=self.dir,  # where a node that fails to boot writes erl_crash.dump
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -162,6 +163,7 @@ class PrivateBroker:
     def ctl(self, *args):
         done = subprocess.run(
             [self.ctl_path, "-n", self.node, *args],
+            cwd=self.dir,
             env=self.env,
             capture_output=True,
             text=True,
