@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pika
 
+from private_broker import BrokerError, PrivateBroker, find_server
+
 PROJECT = Path(__file__).resolve().parent.parent
 WAIT = 10  # seconds for receive.py to show a line
-sys.path.insert(0, str(PROJECT / "tests"))
-from private_broker import BrokerError, PrivateBroker, find_server  # noqa: E402
 
 
 def main():

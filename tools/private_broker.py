@@ -1,12 +1,15 @@
-"""A private RabbitMQ node, for the tests and for `make demo`.
+"""Private RabbitMQ nodes, for the tests, `make demo` and `make cluster-demo`.
 
-It runs the installed rabbitmq-server with its own node name, ports, data directory,
-config file and Erlang cookie, all under one directory of ours, so a broker the learner
-runs on port 5672 is never touched.
+Each node runs the installed rabbitmq-server with its own node name, ports, data
+directory, config file and Erlang cookie, all under one directory of ours, so a broker the
+learner runs on port 5672 is never touched. A Cluster is three such nodes that share one
+cookie and are joined with `rabbitmqctl join_cluster`.
 """
 
+import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +24,8 @@ import pika
 # dir; the scripts they wrap run as whoever calls them.
 SERVER_CANDIDATES = ["/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server"]
 BOOT_TIMEOUT = 60
+# While a node boots, each refused connection makes pika log an error: not for the demos.
+logging.getLogger("pika").addHandler(logging.NullHandler())
 
 
 class BrokerError(Exception):
@@ -51,9 +56,9 @@ def free_port():
 class PrivateBroker:
     """One RabbitMQ node of our own, started and stopped from the tests."""
 
-    def __init__(self, server, base_dir, tls_ca=None, max_message_size=None):
+    def __init__(self, server, base_dir, tls_ca=None, max_message_size=None, home=None):
         self.server = server
-        self.ctl_path = str(Path(server).with_name("rabbitmqctl"))
+        self.bin = Path(server).parent
         self.dir = Path(base_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -69,7 +74,8 @@ class PrivateBroker:
         (self.dir / "rabbitmq-env.conf").write_text("")
         self.env = dict(
             os.environ,
-            HOME=str(self.dir),  # the Erlang cookie lives here, shared by server and ctl
+            # The Erlang cookie lives here, shared by server and ctl (and a cluster's nodes).
+            HOME=str(home or self.dir),
             RABBITMQ_NODENAME=self.node,
             # Else it is the AMQP port + 20000, which may be another broker's.
             RABBITMQ_DIST_PORT=str(free_port()),
@@ -114,6 +120,10 @@ class PrivateBroker:
         )
 
     def start(self):
+        self.launch()
+        self.wait_until_up()
+
+    def launch(self):
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [self.server],
@@ -124,6 +134,8 @@ class PrivateBroker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_until_up(self):
         deadline = time.monotonic() + BOOT_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -151,6 +163,11 @@ class PrivateBroker:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
+    def kill(self):
+        """kill -9 the whole node: no goodbye to its clients or to the other nodes."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
     def freeze(self, frozen=True):
         """Stop (or resume) the whole node without closing a socket: to its clients, a
         network that went silent."""
@@ -160,18 +177,84 @@ class PrivateBroker:
         self.stop()
         self.start()
 
-    def ctl(self, *args):
+    def ctl(self, *args, tool="rabbitmqctl"):
+        """Run a CLI tool of the installed RabbitMQ against this node; its output."""
         done = subprocess.run(
-            [self.ctl_path, "-n", self.node, *args],
+            [str(self.bin / tool), "-n", self.node, *args],
             cwd=self.dir,
             env=self.env,
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr}"
+        assert done.returncode == 0, f"{tool} {' '.join(args)}: {done.stderr}"
         return done.stdout
 
     def fail(self, why):
         log = self.log_path.read_text(errors="replace")[-3000:]
         raise BrokerError(f"{why}; its log ends:\n{log}")
+
+
+class Cluster:
+    """Three private nodes joined into one cluster, started in parallel."""
+
+    def __init__(self, server, base_dir, size=3):
+        base = Path(base_dir)
+        home = base / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        cookie = home / ".erlang.cookie"
+        cookie.write_text(f"HELLOCLUSTER{random.getrandbits(64)}")
+        cookie.chmod(0o400)
+        self.nodes = [PrivateBroker(server, base / f"node{n}", home=home) for n in range(size)]
+
+    def start(self):
+        for node in self.nodes:
+            node.launch()
+        for node in self.nodes:
+            node.wait_until_up()
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.node)
+            node.ctl("start_app")
+        for node in self.nodes:
+            node.wait_until_up()
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
+    def restart_dead_nodes(self):
+        """Start again, in parallel, the nodes a test killed; they rejoin the cluster."""
+        dead = [node for node in self.nodes if node.process.poll() is not None]
+        for node in dead:
+            node.launch()
+        for node in dead:
+            node.wait_until_up()
+
+    def url(self, nodes=None):
+        """AMQP_URL listing these nodes (all by default), separated by ";"."""
+        return ";".join(node.url for node in (self.nodes if nodes is None else nodes))
+
+    def wait_until_replicated(self, queue="hello", timeout=30):
+        """Wait until every node runs a replica of the quorum queue: one leader, and a
+        follower on each other node."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.nodes[0].ctl("quorum_status", queue, tool="rabbitmq-queues")
+            roles = re.findall(r"\b(leader|follower)\b", status)
+            if sorted(roles) == ["follower"] * (len(self.nodes) - 1) + ["leader"]:
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(f"{queue!r} was not replicated to every node: {status}")
+            time.sleep(0.2)
+
+    def leader(self, queue="hello"):
+        """The node that leads a quorum queue now, as `rabbitmqctl list_queues` names it."""
+        for node in self.nodes:
+            if node.process.poll() is None:
+                for line in node.ctl("list_queues", "-q", "name", "leader").splitlines():
+                    name, _, leader = line.partition("\t")
+                    if name == queue:
+                        return next(n for n in self.nodes if n.node == leader.strip())
+        raise BrokerError(f"no running node knows a leader for {queue!r}")
