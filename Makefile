@@ -1,9 +1,13 @@
-# make demo: run the pair once.  make test: run the tests.  make lint: check the style.
+# make demo: run the pair once.  make cluster-demo: the pair on a three-node cluster, one
+# node killed.  make test: run the tests.  make lint: check the style.
 PYTHON ?= python3
 BIN := .venv/bin
 
 demo: .venv/installed
 	$(BIN)/python tools/demo.py
+
+cluster-demo: .venv/installed
+	$(BIN)/python tools/cluster_demo.py
 
 test: .venv/installed-dev
 	$(BIN)/python -m pytest
@@ -22,4 +26,4 @@ lint: .venv/installed-dev
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@ .venv/installed
 
-.PHONY: demo test lint
+.PHONY: demo cluster-demo test lint

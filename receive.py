@@ -2,17 +2,20 @@
 tutorial one. Runs until Ctrl+C; reconnects by itself when the broker restarts.
 
 The broker is localhost as guest unless AMQP_URL names another one, e.g.
-AMQP_URL=amqp://user:password@host:5672/vhost
+AMQP_URL=amqp://user:password@host:5672/vhost, or the nodes of a cluster separated by ";"
+(when one node goes away, receive.py goes on with the next).
 """
 
+import contextlib
+import itertools
 import os
 import re
 import signal
 import socket
 import ssl
 import sys
+import threading
 import time
-from urllib.parse import urlsplit
 
 import pika
 
@@ -22,8 +25,8 @@ AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
 PREFETCH = 5000
 
 
-def main():
-    connection = pika.BlockingConnection(connection_parameters())
+def main(node):
+    connection = pika.BlockingConnection(node)
     channel = connection.channel()
 
     # The same declaration as send.py: whichever script starts first creates the queue.
@@ -32,97 +35,116 @@ def main():
     except pika.exceptions.ChannelClosedByBroker as refusal:
         channel = use_existing_hello(connection, refusal)
 
-    acks = PrintedAcks(channel)
+    ack = ack_once_printed(channel)
 
     def callback(ch, method, properties, body):
         print(f" [x] Received {readable(body)!r}")
-        acks.add(method.delivery_tag)  # the broker keeps the message until it is printed
+        ack(method.delivery_tag)  # the broker keeps the message until it is printed
 
     channel.basic_qos(prefetch_count=PREFETCH)
-    channel.basic_consume(queue="hello", on_message_callback=callback)
+    with warning_if_no_answer(node):
+        channel.basic_consume(queue="hello", on_message_callback=callback)
 
     print(" [*] Waiting for messages. To exit press CTRL+C", flush=True)
     channel.start_consuming()
 
 
-class PrintedAcks:
-    """Acknowledges messages once their lines are out: after each burst of deliveries,
-    one flush of stdout, then one ack for the whole burst (multiple=True). Flushing and
-    acking every message on its own would be several times slower."""
+# ---------------------------------------------------------------------------------------
+# The tutorial ends here. What follows is optional reading: acknowledging what was printed,
+# moving on to the next node when one goes away, how AMQP_URL becomes those nodes, and
+# one plain line for each way a run can fail.
+# ---------------------------------------------------------------------------------------
 
-    def __init__(self, channel):
-        self.channel = channel
-        self.last_tag = None
 
-    def add(self, delivery_tag):
-        if self.last_tag is None:
-            # Runs as soon as pika has handed us the deliveries it holds now.
-            self.channel.connection.call_later(0, self.flush_and_ack)
-        self.last_tag = delivery_tag
+def ack_once_printed(channel):
+    """A function that acknowledges a message once its line is out. After each burst of
+    deliveries: one flush of stdout, then one ack for the whole burst (multiple=True), as
+    flushing and acking every message on its own would be several times slower."""
+    printed = []  # delivery tags printed since the last ack
 
-    def flush_and_ack(self):
+    def flush_and_ack():
         sys.stdout.flush()
-        self.channel.basic_ack(self.last_tag, multiple=True)
-        self.last_tag = None
+        channel.basic_ack(printed[-1], multiple=True)
+        printed.clear()
+
+    def ack(delivery_tag):
+        if not printed:  # the first of a burst: ack once pika has handed us the rest
+            channel.connection.call_later(0, flush_and_ack)
+        printed.append(delivery_tag)
+
+    return ack
 
 
 def keep_receiving():
-    """Run main(), and run it again whenever the connection to the broker is lost."""
+    """Run main() on the first node of AMQP_URL that answers. When its connection is lost,
+    say so once and go on with the next node, round the list."""
     errors = pika.exceptions
-    reconnecting, delay = False, 0.5
-    while True:
+    lost = (errors.StreamLostError, errors.AMQPHeartbeatTimeout, errors.ConnectionClosed)
+    refused = (errors.ProbableAuthenticationError, errors.ProbableAccessDeniedError)
+    nodes, connected_once = node_parameters(), False
+    for attempt, node in enumerate(itertools.cycle(nodes)):
         try:
-            main()
+            main(node)
             print("Note: the queue 'hello' was deleted; declaring it again.", file=sys.stderr)
-            continue
-        except (
-            errors.StreamLostError,  # the network or the broker went away
-            errors.AMQPHeartbeatTimeout,  # ... silently
-            errors.ConnectionClosedByBroker,  # the broker is shutting down, say
-        ) as lost:
-            reason = getattr(lost, "reply_text", None) or lost
+        except lost as error:
             print(
-                f"Lost the connection to {broker()} ({reason}); reconnecting. Ctrl+C stops.",
+                f"Lost the connection to {broker([node])} ({error}); reconnecting. Ctrl+C stops.",
                 file=sys.stderr,
             )
-            reconnecting, delay = True, 0.5
-        except errors.AMQPConnectionError as failed:
-            refused = (errors.ProbableAuthenticationError, errors.ProbableAccessDeniedError)
-            if not reconnecting or isinstance(failed, refused):
+            connected_once = True
+        except errors.AMQPConnectionError as error:
+            if isinstance(error, refused) or not connected_once and attempt + 1 == len(nodes):
                 raise
-            delay = min(delay * 2, 4)  # the broker is still down: wait a little longer
-        time.sleep(delay)
+            time.sleep(0.3)  # this node does not answer (yet): try the next
 
 
-def connection_parameters():
-    """pika's parameters for AMQP_URL, refusing what is not AMQP or would not be safe."""
-    url = urlsplit(AMQP_URL)
-    if url.scheme not in ("amqp", "amqps"):
-        raise ValueError("it must start with amqp:// or amqps://")
+@contextlib.contextmanager
+def warning_if_no_answer(node, seconds=20):
+    """Say so on stderr if the block still waits after `seconds`: a quorum queue that has
+    lost the majority of its nodes answers nothing until they are back. A thread, as pika's
+    own timers do not fire while a BlockingChannel waits for the broker."""
+    line = (
+        f"No answer from the queue 'hello' at {broker([node])} in {seconds} s: if "
+        "that is a cluster, the queue may have lost its majority. Waiting; Ctrl+C stops."
+    )
+    timer = threading.Timer(seconds, print, [line], {"file": sys.stderr})
+    timer.start()
     try:
-        url.port  # raises on a non-number; pika's message would quote what stands there
-    except ValueError:
-        raise ValueError("no port number after the host; write / as %2F, @ as %40") from None
-    parameters = pika.URLParameters(AMQP_URL)
-    context = parameters.ssl_options and parameters.ssl_options.context
-    if context and not (context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED):
+        yield
+    finally:
+        timer.cancel()
+
+
+def node_parameters():
+    """pika's parameters for each node in AMQP_URL."""
+    return [checked_node(url) for url in AMQP_URL.split(";")]
+
+
+def checked_node(url):
+    """pika's parameters for one URL, refusing what is not AMQP, and TLS that would not check
+    the broker's certificate."""
+    if not url.startswith(("amqp://", "amqps://")):  # pika would take http:// too
+        raise ValueError("it must look like amqp://user:password@host:5672/vhost")
+    try:
+        node = pika.URLParameters(url)
+    except ValueError:  # pika's message may quote a piece of the password
+        raise ValueError("in a password, write / as %2F and @ as %40") from None
+    # A client context that checks the host name also requires a valid certificate.
+    if node.ssl_options and not node.ssl_options.context.check_hostname:
         raise ValueError("its ssl_options turn off the check of the broker's certificate")
-    return parameters
+    return node
 
 
 def use_existing_hello(connection, refusal):
     """A queue "hello" made earlier with other settings: receive from it as it is."""
     if refusal.reply_code != 406:  # PRECONDITION_FAILED: it exists, declared otherwise
         raise refusal
-    channel = connection.channel()
-    channel.queue_declare(queue="hello", passive=True)
     print(
-        "Note: using the existing queue 'hello', made with other settings "
-        f"({refusal.reply_text}); delete it for a durable quorum queue: "
-        "rabbitmqctl delete_queue hello",
+        f"Note: using the existing queue 'hello', made with other settings ({refusal.reply_text})"
+        "; delete it for a durable quorum queue: rabbitmqctl delete_queue hello",
         file=sys.stderr,
     )
-    return channel
+    return connection.channel()
 
 
 def readable(body):
@@ -133,96 +155,59 @@ def readable(body):
         return body
 
 
-def broker():
-    """Where AMQP_URL points, for messages: never its password."""
-    url = urlsplit(AMQP_URL)
-    return f"RabbitMQ at {url.hostname}:{url.port or (5671 if url.scheme == 'amqps' else 5672)}"
+def broker(nodes):
+    """Where the nodes are, for messages: never the password."""
+    return "RabbitMQ at " + ", ".join(f"{node.host}:{node.port}" for node in nodes)
 
 
-def socket_error(error):
-    """The network error that stopped pika, under the wrappers it puts around it."""
-    for inner in (error, *error.args):
-        inner = getattr(inner, "exception", inner)
-        if isinstance(inner, OSError):
-            return inner
-    return None
+# One line for each failure a learner may meet, found by the type of the error, {cause}
+# (unwrapped from pika's connection errors); the first match is said. {node} is the node
+# that failed, {user} its user name, {where} names all the nodes tried.
+FAILURES = {
+    ssl.SSLCertVerificationError: "TLS: the certificate of {where} is not trusted, or is not "
+    "valid for the host name '{node.host}' ({cause.verify_message}). Use the name it was "
+    "made for in AMQP_URL; for a private CA, set SSL_CERT_FILE to its certificate (PEM).",
+    ssl.SSLError: "TLS: {where} did not answer in TLS ({cause.reason}). Is that a plain AMQP "
+    "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://.",
+    pika.exceptions.IncompatibleProtocolError: "{where} closed the connection at once, "
+    "without speaking AMQP 0-9-1. If that port expects TLS, use amqps://; else check it.",
+    socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL.",
+    ConnectionRefusedError: "Cannot connect to {where}: connection refused. Start the broker "
+    "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL.",
+    pika.exceptions.ProbableAuthenticationError: "{where} refused user '{user}': check the user "
+    "name and password in AMQP_URL. RabbitMQ lets guest in only from localhost.",
+    pika.exceptions.ProbableAccessDeniedError: "{where} has no virtual host '{node.virtual_host}'"
+    ", or user '{user}' may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL.",
+}
 
 
 def explain(error):
     """One line for the learner: what went wrong and what to do. Never the password."""
-    cause = socket_error(error)
-    errors = pika.exceptions
-    try:
-        url = urlsplit(AMQP_URL)
-        host, user, where = url.hostname, url.username or "guest", broker()
-    except ValueError:
-        host = None
-    if isinstance(error, BrokenPipeError):
-        return "Output closed (broken pipe): stopped; what was not printed stays in the queue."
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        if "mismatch" in cause.verify_message:
-            return (
-                f"TLS: the certificate of {where} is not valid for the host name '{host}' "
-                f"({cause.verify_message}). Use the name it was made for in AMQP_URL."
-            )
-        return (
-            f"TLS: the certificate of {where} is not trusted ({cause.verify_message}). "
-            "For a private CA, set SSL_CERT_FILE to its certificate file (PEM)."
-        )
-    if isinstance(cause, ssl.SSLError):
-        return (
-            f"TLS: {where} did not answer in TLS ({cause.reason}). Is that a plain AMQP "
-            "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://."
-        )
-    if isinstance(error, ValueError) or not host:
-        masked = re.sub(r"(://[^:/@]*:).*@", r"\1***@", AMQP_URL)  # up to the last @
-        return (
-            f"AMQP_URL is not a valid AMQP URL ({error}): {masked}. "
-            "Expected amqp://user:password@host:5672/vhost"
-        )
-    if isinstance(error, errors.IncompatibleProtocolError):
-        return (
-            f"{where} closed the connection at once, without speaking AMQP 0-9-1. If that "
-            "port expects TLS, use amqps://; else check the port in AMQP_URL."
-        )
-    if isinstance(cause, socket.gaierror):
-        return f"Cannot find the host '{host}': check the host name in AMQP_URL."
-    if isinstance(cause, ConnectionRefusedError):
-        return (
-            f"Cannot connect to {where}: connection refused. Start the broker "
-            "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL."
-        )
-    if type(error) is errors.AMQPConnectionError:  # raised while connecting
-        return f"Cannot connect to {where} ({cause}): check the host and port in AMQP_URL."
-    if isinstance(error, (errors.ProbableAuthenticationError, errors.AuthenticationError)):
-        if user == "guest" and host not in ("localhost", "127.0.0.1", "::1"):
-            return (
-                f"{where} refused user 'guest': RabbitMQ lets guest in only from "
-                "localhost. Create a user (rabbitmqctl add_user) and put it in AMQP_URL."
-            )
-        return f"{where} refused user '{user}': check the user name and password in AMQP_URL."
-    if isinstance(error, errors.ProbableAccessDeniedError):
-        vhost = pika.URLParameters(AMQP_URL).virtual_host
-        return (
-            f"{where} has no virtual host '{vhost}', or user '{user}' may not use it: "
-            f"create it (rabbitmqctl add_vhost) or fix AMQP_URL."
-        )
-    if isinstance(error, errors.ChannelClosedByBroker):
-        return f"{where} refused: {error.reply_text}."
-    return f"receive.py failed: {type(error).__name__}: {error}"
+    if type(error) is ValueError:  # AMQP_URL cannot be read (not a TLS error, a subclass)
+        masked = re.sub(r"(://[^:/@;]*:)[^;]*@", r"\1***@", AMQP_URL)  # up to the last @
+        return f"AMQP_URL is not a valid AMQP URL ({error}): {masked}"
+    # pika wraps a failed connect in two layers; with several nodes, it raises the error
+    # of the last node it tried.
+    inner = error.args[0] if type(error) is pika.exceptions.AMQPConnectionError else error
+    cause = getattr(inner, "exception", inner)
+    nodes = node_parameters()
+    where, node, user = broker(nodes), nodes[-1], nodes[-1].credentials.username
+    for kind, line in FAILURES.items():
+        if isinstance(cause, kind):
+            return line.format(where=where, node=node, user=user, cause=cause)
+    return f"receive.py stopped ({cause!r}) at {where}; what it did not print stays queued."
 
 
 if __name__ == "__main__":
     # Lines go out in batches, each flushed before its messages are acknowledged
-    # (PrintedAcks); text the terminal cannot show is escaped rather than a crash.
+    # (ack_once_printed); text the terminal cannot show is escaped rather than a crash.
     sys.stdout.reconfigure(line_buffering=False, write_through=False, errors="backslashreplace")
     # SIGTERM (docker stop) stops us as Ctrl+C does, and so does SIGINT even where the
     # shell that started us in the background told it to be ignored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        keep_receiving()
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C: a clean stop, exit status 0
+            keep_receiving()
     except Exception as error:
         sys.exit(explain(error))

@@ -20,13 +20,28 @@ import pika
 import pytest
 import trustme
 
-from private_broker import BrokerError, PrivateBroker, find_server
+from private_broker import BrokerError, Cluster, PrivateBroker, find_server
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Small enough that a message typed on the command line can exceed it.
 MAX_MESSAGE_SIZE = 65536
 # The password in URLs of failing runs: no output may show it.
 PASSWORD = "s3cret-pw"
+
+
+def preload(channel, count):
+    """Put `count` numbered messages in "hello" and wait until the broker holds them."""
+    channel.queue_declare("hello", durable=True, arguments={"x-queue-type": "quorum"})
+    for number in range(count):
+        channel.basic_publish("", "hello", f"message {number}".encode())
+    deadline = time.monotonic() + 60
+    while channel.queue_declare("hello", passive=True).method.message_count < count:
+        assert time.monotonic() < deadline, "the broker did not take the preloaded messages"
+        time.sleep(0.05)
+
+
+def received(lines):
+    return {line for line in lines if line.startswith(" [x] Received")}
 
 
 class ExternalBroker:
@@ -40,7 +55,7 @@ class ExternalBroker:
         pytest.skip(f"needs a private broker ({name}); TEST_AMQP_URL names an external one")
 
 
-def start_private_broker(tmp_path_factory, **options):
+def installed_server():
     if os.environ.get("TEST_AMQP_URL"):
         pytest.skip("needs a private broker; TEST_AMQP_URL names an external one")
     server = find_server()
@@ -50,6 +65,11 @@ def start_private_broker(tmp_path_factory, **options):
             "rabbitmq-server) or set TEST_AMQP_URL to a broker the tests may use.",
             returncode=2,
         )
+    return server
+
+
+def start_private_broker(tmp_path_factory, **options):
+    server = installed_server()
     private = PrivateBroker(
         server, tmp_path_factory.mktemp("broker"), max_message_size=MAX_MESSAGE_SIZE, **options
     )
@@ -74,6 +94,19 @@ def broker(tmp_path_factory):
 def tls_broker(tmp_path_factory):
     """A second private broker that speaks only TLS, its certificate from a test CA."""
     private = start_private_broker(tmp_path_factory, tls_ca=trustme.CA())
+    yield private
+    private.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """Three private nodes joined into one cluster, shared by the cluster tests."""
+    private = Cluster(installed_server(), tmp_path_factory.mktemp("cluster"))
+    try:
+        private.start()
+    except BrokerError as error:
+        private.stop()
+        pytest.fail(str(error), pytrace=False)
     yield private
     private.stop()
 
@@ -163,22 +196,26 @@ class Receiver:
             preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
         )
         self.lines = []
+        self.arrivals = []  # when each line of stdout came, by time.monotonic()
         self.new_lines = queue.Queue()
         self.reading = threading.Event()  # cleared: stdout is left unread, so the pipe fills
         self.reading.set()
         self.stderr_lines = []
+        self.stderr_arrivals = []
         threading.Thread(target=self._read_stdout, daemon=True).start()
         self.stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
         self.stderr_reader.start()
 
     def _read_stdout(self):
         for raw in self.process.stdout:
+            self.arrivals.append(time.monotonic())
             self.new_lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
             self.reading.wait()
         self.new_lines.put(None)
 
     def _read_stderr(self):
         for raw in self.process.stderr:
+            self.stderr_arrivals.append(time.monotonic())
             self.stderr_lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
 
     def wait_for_lines(self, count, timeout=20):
