@@ -112,6 +112,23 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture
+def hello(cluster):
+    """A channel through the last node, after "hello" was declared anew through the first."""
+    cluster.restart_dead_nodes()
+    first = pika.BlockingConnection(cluster.nodes[0].parameters)
+    first.channel().queue_delete("hello")
+    first.channel().queue_declare("hello", durable=True, arguments={"x-queue-type": "quorum"})
+    first.close()
+    cluster.wait_until_replicated()
+    connection = pika.BlockingConnection(cluster.nodes[-1].parameters)
+    yield connection.channel()
+    try:
+        connection.close()
+    except pika.exceptions.AMQPError:
+        pass  # its node was killed
+
+
+@pytest.fixture
 def amqp(broker):
     """A channel on the test broker, for preparing and inspecting "hello"."""
     connection = pika.BlockingConnection(broker.parameters)

@@ -8,7 +8,6 @@ and a fresh quorum queue "hello" whose leader is the first node.
 import signal
 import time
 
-import pika
 import pytest
 
 from conftest import ScriptRunner, preload
@@ -20,23 +19,6 @@ WAITING = " [*] Waiting for messages. To exit press CTRL+C"
 # When the node leading the queue dies, the messages it handed out whose acks it had not yet
 # replicated come again. There are at most as many as receive.py's prefetch.
 MOST_PRINTED_TWICE = 5000
-
-
-@pytest.fixture
-def hello(cluster):
-    """A channel through the last node, after "hello" was declared anew through the first."""
-    cluster.restart_dead_nodes()
-    first = pika.BlockingConnection(cluster.nodes[0].parameters)
-    first.channel().queue_delete("hello")
-    first.channel().queue_declare("hello", durable=True, arguments={"x-queue-type": "quorum"})
-    first.close()
-    cluster.wait_until_replicated()
-    connection = pika.BlockingConnection(cluster.nodes[-1].parameters)
-    yield connection.channel()
-    try:
-        connection.close()
-    except pika.exceptions.AMQPError:
-        pass  # its node was killed
 
 
 @pytest.fixture
