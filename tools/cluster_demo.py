@@ -7,16 +7,14 @@ removes the nodes.
 """
 
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-from demo import PROJECT, read_lines, show_until
+from demo import PROJECT, show_until, start_receive_py
 from private_broker import BrokerError, Cluster, find_server
 
 
@@ -40,15 +38,8 @@ def run_on_cluster(cluster):
     env = dict(os.environ, AMQP_URL=cluster.url())
     first, *others = cluster.nodes
     print(f"AMQP_URL lists the three nodes: {cluster.url()}")
-    print("terminal 1 $ python receive.py")
-    receiver = subprocess.Popen(
-        [sys.executable, "receive.py"], cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True
-    )
-    lines = queue.Queue()
-    threading.Thread(target=read_lines, args=(receiver.stdout, lines), daemon=True).start()
+    receiver, lines = start_receive_py(env)
     try:
-        if not show_until(lines, "Waiting for messages"):
-            sys.exit(1)  # receive.py said why on stderr
         send(env, "before the failure")
         if not show_until(lines, "Received 'before the failure'"):
             sys.exit("receive.py did not print the first message.")

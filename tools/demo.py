@@ -59,15 +59,8 @@ def answers(url):
 
 def run_pair(env):
     """What a learner does in two terminals, one after the other."""
-    print("terminal 1 $ python receive.py")
-    receiver = subprocess.Popen(
-        [sys.executable, "receive.py"], cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True
-    )
-    lines = queue.Queue()
-    threading.Thread(target=read_lines, args=(receiver.stdout, lines), daemon=True).start()
+    receiver, lines = start_receive_py(env)
     try:
-        if not show_until(lines, "Waiting for messages"):
-            sys.exit(1)  # receive.py said why on stderr
         print("terminal 2 $ python send.py")
         if subprocess.run([sys.executable, "send.py"], cwd=PROJECT, env=env).returncode:
             sys.exit(1)
@@ -80,6 +73,20 @@ def run_pair(env):
     finally:
         receiver.send_signal(signal.SIGINT)
         receiver.wait(10)
+
+
+def start_receive_py(env):
+    """receive.py as in terminal 1, its lines on a queue; exits if it does not get ready."""
+    print("terminal 1 $ python receive.py")
+    receiver = subprocess.Popen(
+        [sys.executable, "receive.py"], cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    lines = queue.Queue()
+    threading.Thread(target=read_lines, args=(receiver.stdout, lines), daemon=True).start()
+    if not show_until(lines, "Waiting for messages"):
+        receiver.kill()
+        sys.exit(1)  # receive.py said why on stderr
+    return receiver, lines
 
 
 def read_lines(stream, lines):
