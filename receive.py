@@ -86,6 +86,7 @@ def keep_receiving():
         try:
             main(node)
             print("Note: the queue 'hello' was deleted; declaring it again.", file=sys.stderr)
+            connected_once = True
         except lost as error:
             print(
                 f"Lost the connection to {broker([node])} ({error}); reconnecting. Ctrl+C stops.",

@@ -143,6 +143,21 @@ def test_receiver_declares_hello_again_when_it_is_deleted(scripts, amqp):
     assert "declaring it again" in receiver.stderr
 
 
+def test_receiver_keeps_going_when_hello_is_deleted_and_the_next_node_is_down(scripts, amqp):
+    # After the deletion receive.py tries the next node in AMQP_URL, which does not
+    # answer; having been connected, it must go round to the first node again.
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    receiver = scripts.start_receiver(env={"AMQP_URL": f"{scripts.env['AMQP_URL']};{down}"})
+    receiver.wait_until_ready()
+
+    amqp.queue_delete("hello")
+
+    assert receiver.wait_for_lines(2)[1] == WAITING
+    assert scripts.send("still here").returncode == 0
+    assert receiver.wait_for_lines(3)[2] == " [x] Received 'still here'"
+    assert receiver.stderr == "Note: the queue 'hello' was deleted; declaring it again."
+
+
 # --- one clear line for every failure -------------------------------------------------
 
 
