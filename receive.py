@@ -16,10 +16,13 @@ import ssl
 import sys
 import threading
 import time
+import traceback
+import urllib.parse
 
 import pika
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
+AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
 # How many unacknowledged messages the broker may hand us at once: a bound, so a backlog
 # stays in the queue, yet wide enough that the broker never waits for our acks.
 PREFETCH = 5000
@@ -63,7 +66,7 @@ def ack_once_printed(channel):
     printed = []  # delivery tags printed since the last ack
 
     def flush_and_ack():
-        sys.stdout.flush()
+        sys.stdout.flush()  # OSError where stdout is full or a closed pipe: no ack then
         channel.basic_ack(printed[-1], multiple=True)
         printed.clear()
 
@@ -77,25 +80,27 @@ def ack_once_printed(channel):
 
 def keep_receiving():
     """Run main() on the first node of AMQP_URL that answers. When its connection is lost,
-    say so once and go on with the next node, round the list."""
-    errors = pika.exceptions
-    lost = (errors.StreamLostError, errors.AMQPHeartbeatTimeout, errors.ConnectionClosed)
-    refused = (errors.ProbableAuthenticationError, errors.ProbableAccessDeniedError)
-    nodes, connected_once = node_parameters(), False
-    for attempt, node in enumerate(itertools.cycle(nodes)):
+    say so once and go on with the next node, round the list. A node that cannot be used is
+    skipped; stop if none could be used before one was, or if one refused the user."""
+    nodes, failures, connected = node_parameters(), [], False
+    for node in itertools.cycle(nodes):
         try:
             main(node)
             print("Note: the queue 'hello' was deleted; declaring it again.", file=sys.stderr)
-            connected_once = True
-        except lost as error:
+            connected = True
+        except LOST as error:
             print(
                 f"Lost the connection to {broker([node])} ({error}); reconnecting. Ctrl+C stops.",
                 file=sys.stderr,
             )
-            connected_once = True
-        except errors.AMQPConnectionError as error:
-            if isinstance(error, refused) or not connected_once and attempt + 1 == len(nodes):
-                raise
+            connected = True
+        except Exception as error:
+            if not any(f.f_code is CONNECT for f, _ in traceback.walk_tb(error.__traceback__)):
+                raise  # not a node that cannot be used: stdout failed, say
+            failures = [*failures, (node, error)][-len(nodes) :]  # the last round's
+            gave_up = not connected and len(failures) == len(nodes)  # none could be used
+            if gave_up or isinstance(cause_of(error), REFUSED):
+                raise Unreachable(failures) from None
             time.sleep(0.3)  # this node does not answer (yet): try the next
 
 
@@ -117,22 +122,28 @@ def warning_if_no_answer(node, seconds=20):
 
 
 def node_parameters():
-    """pika's parameters for each node in AMQP_URL."""
-    return [checked_node(url) for url in AMQP_URL.split(";")]
+    """pika's parameters for each node in AMQP_URL; a ";" in a password stays in it."""
+    urls = [url.strip("; ") for url in re.split(r";(?=\s*amqps?://)", AMQP_URL)]
+    return [checked_node(url, f"URL {n}") for n, url in enumerate(filter(None, urls), 1)]
 
 
-def checked_node(url):
-    """pika's parameters for one URL, refusing what is not AMQP, and TLS that would not check
-    the broker's certificate."""
-    if not url.startswith(("amqp://", "amqps://")):  # pika would take http:// too
-        raise ValueError("it must look like amqp://user:password@host:5672/vhost")
+def checked_node(url, which):
+    """pika's parameters for one URL. A wrong part is named, never shown: a password with a
+    raw / ? # or @ in it would spill into the host, port or virtual host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps"):  # pika would take http:// too
+        raise ValueError(f"{which} must begin with amqp:// or amqps://")
+    if url.count("@") > ("@" in parts.netloc) or re.search("%(?![0-9A-Fa-f]{2})", url):
+        raise ValueError(f"in {which}, write / ? # @ % in the password as %2F %3F %23 %40 %25")
     try:
         node = pika.URLParameters(url)
     except ValueError:  # pika's message may quote a piece of the password
-        raise ValueError("in a password, write / as %2F and @ as %40") from None
+        raise ValueError(f"{which} needs a port from 1 to 65535, valid options after ?") from None
     # A client context that checks the host name also requires a valid certificate.
     if node.ssl_options and not node.ssl_options.context.check_hostname:
-        raise ValueError("its ssl_options turn off the check of the broker's certificate")
+        raise ValueError(
+            f"{which}: its ssl_options turn off the check of the broker's certificate"
+        )
     return node
 
 
@@ -161,54 +172,78 @@ def broker(nodes):
     return "RabbitMQ at " + ", ".join(f"{node.host}:{node.port}" for node in nodes)
 
 
-# One line for each failure a learner may meet, found by the type of the error, {cause}
-# (unwrapped from pika's connection errors); the first match is said. {node} is the node
-# that failed, {user} its user name, {where} names all the nodes tried.
+class Unreachable(Exception):
+    """No node of AMQP_URL could be used; its argument: a (node, error) pair for each."""
+
+
+def cause_of(error):
+    """What lies under pika's wrapping of a failed connect. A wrong password or virtual host
+    only if RabbitMQ said so: pika takes a connection lost at those steps for one too."""
+    inner = error.args[0] if type(error) is errors.AMQPConnectionError else error
+    cause = getattr(inner, "exception", inner)
+    if isinstance(cause, REFUSED) and "ConnectionClosedByBroker" not in str(cause):
+        return ConnectionResetError("the connection was lost during the handshake")
+    return cause
+
+
+errors = pika.exceptions
+LOST = (errors.StreamLostError, errors.AMQPHeartbeatTimeout, errors.ConnectionClosed)
+CONNECT = pika.BlockingConnection.__init__.__code__  # where a node is found unusable
+REFUSED = (errors.ProbableAuthenticationError, errors.ProbableAccessDeniedError)
+# What went wrong and what to do, by the type of the error, {cause} (unwrapped from pika's
+# connection errors): the first match is said, {where} naming the nodes it happened on.
 FAILURES = {
     ssl.SSLCertVerificationError: "TLS: the certificate of {where} is not trusted, or is not "
     "valid for the host name '{node.host}' ({cause.verify_message}). Use the name it was "
     "made for in AMQP_URL; for a private CA, set SSL_CERT_FILE to its certificate (PEM).",
     ssl.SSLError: "TLS: {where} did not answer in TLS ({cause.reason}). Is that a plain AMQP "
     "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://.",
-    pika.exceptions.IncompatibleProtocolError: "{where} closed the connection at once, "
-    "without speaking AMQP 0-9-1. If that port expects TLS, use amqps://; else check it.",
+    errors.IncompatibleProtocolError: "{where} closed the connection at once, without "
+    "speaking AMQP 0-9-1. If that port expects TLS, use amqps://; else check it.",
     socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL.",
     ConnectionRefusedError: "Cannot connect to {where}: connection refused. Start the broker "
     "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL.",
-    pika.exceptions.ProbableAuthenticationError: "{where} refused user '{user}': check the user "
-    "name and password in AMQP_URL. RabbitMQ lets guest in only from localhost.",
-    pika.exceptions.ProbableAccessDeniedError: "{where} has no virtual host '{node.virtual_host}'"
-    ", or user '{user}' may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL.",
+    errors.ProbableAuthenticationError: "{where} refused user '{user}': check the user name "
+    "and password in AMQP_URL. RabbitMQ lets guest in only from localhost.",
+    errors.ProbableAccessDeniedError: "{where} has no virtual host '{node.virtual_host}', or "
+    "user '{user}' may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL.",
+    AMQPConnectorException: "No answer from {where} ({cause!r}). Is the address right?",
+    BaseException: "Cannot use {where} ({cause!r}).",
 }
 
 
 def explain(error):
     """One line for the learner: what went wrong and what to do. Never the password."""
     if type(error) is ValueError:  # AMQP_URL cannot be read (not a TLS error, a subclass)
-        masked = re.sub(r"(://[^:/@;]*:)[^;]*@", r"\1***@", AMQP_URL)  # up to the last @
-        return f"AMQP_URL is not a valid AMQP URL ({error}): {masked}"
-    # pika wraps a failed connect in two layers; with several nodes, it raises the error
-    # of the last node it tried.
-    inner = error.args[0] if type(error) is pika.exceptions.AMQPConnectionError else error
-    cause = getattr(inner, "exception", inner)
-    nodes = node_parameters()
-    where, node, user = broker(nodes), nodes[-1], nodes[-1].credentials.username
-    for kind, line in FAILURES.items():
-        if isinstance(cause, kind):
-            return line.format(where=where, node=node, user=user, cause=cause)
-    return f"receive.py stopped ({cause!r}) at {where}; what it did not print stays queued."
+        return f"AMQP_URL is not a valid AMQP URL: {error}"
+    if isinstance(error, OSError):  # writing to stdout, the only place it can come from
+        return f"Cannot write to stdout ({error}): stopped; what was not printed stays queued."
+    if not isinstance(error, Unreachable):
+        return f"receive.py stopped ({error!r}); what it did not print stays queued."
+    causes = [cause_of(failure) for _, failure in error.args[0]]
+    # The last node's failure, naming every node that failed so.
+    kind = next(kind for kind in FAILURES if isinstance(causes[-1], kind))
+    nodes = [n for (n, _), c in zip(error.args[0], causes) if type(c) is type(causes[-1])]
+    user = nodes[-1].credentials.username
+    return FAILURES[kind].format(where=broker(nodes), node=nodes[-1], user=user, cause=causes[-1])
 
 
 if __name__ == "__main__":
     # Lines go out in batches, each flushed before its messages are acknowledged
     # (ack_once_printed); text the terminal cannot show is escaped rather than a crash.
+    if sys.stdout is None:
+        sys.exit("receive.py has no stdout to print messages to (it is closed): not started.")
     sys.stdout.reconfigure(line_buffering=False, write_through=False, errors="backslashreplace")
     # SIGTERM (docker stop) stops us as Ctrl+C does, and so does SIGINT even where the
     # shell that started us in the background told it to be ignored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C: a clean stop, exit status 0
-            keep_receiving()
+        keep_receiving()
+    except KeyboardInterrupt:  # Ctrl+C: a clean stop, exit status 0
+        status = 0
     except Exception as error:
-        sys.exit(explain(error))
+        print(explain(error), file=sys.stderr, flush=True)
+        status = 1
+    # os._exit: nothing more to flush, as a stdout that failed would only fail again.
+    os._exit(status)

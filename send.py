@@ -6,6 +6,9 @@
 The broker is localhost as guest unless AMQP_URL names another one, e.g.
 AMQP_URL=amqp://user:password@host:5672/vhost, or the nodes of a cluster separated by ";"
 (send.py uses the first node that answers).
+
+Exit status: 0 sent (RabbitMQ confirmed it), 1 not sent (sending again is safe), 3 unknown
+(published but not confirmed: RabbitMQ may have stored it).
 """
 
 import os
@@ -14,20 +17,24 @@ import socket
 import ssl
 import sys
 import threading
+import traceback
+import urllib.parse
 
 import pika
+from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 
-AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
+AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
 # A broker short of memory or disk blocks publishers: give up after this many seconds.
 BLOCKED_TIMEOUT = 10
 # Whatever send.py waits for, it gives up after this many seconds.
 SEND_TIMEOUT = 25
+SENT, NOT_SENT, UNKNOWN = 0, 1, 3
 
 
-def main():
+def main(node):
     message = " ".join(sys.argv[1:]) or "Hello World!"
 
-    connection = pika.BlockingConnection(node_parameters())
+    connection = pika.BlockingConnection(node)
     channel = connection.channel()
 
     # Durable quorum queue: RabbitMQ 4.3 refuses the non-durable queue of the original text.
@@ -42,7 +49,7 @@ def main():
     channel.basic_publish(
         exchange="",
         routing_key="hello",
-        body=message.encode(),
+        body=message.encode(errors="surrogateescape"),  # the bytes given, even if not UTF-8
         properties=pika.BasicProperties(
             content_type="text/plain", delivery_mode=pika.DeliveryMode.Persistent
         ),
@@ -53,29 +60,99 @@ def main():
 
 
 # ---------------------------------------------------------------------------------------
-# The tutorial ends here. What follows is optional reading: how AMQP_URL becomes the nodes
-# to connect to, the note on an older "hello" queue, the bound on every wait, and one
-# plain line for each way a run can fail.
+# The tutorial ends here. What follows is optional reading: trying the nodes of AMQP_URL
+# in turn, the note on an older "hello" queue, the bound on every wait, and one true line
+# about the message for each way a run can end.
 # ---------------------------------------------------------------------------------------
 
 
+def send():
+    """Run main() on each node of AMQP_URL in turn, skipping a node that fails before the
+    message left; then exit with the message's fate."""
+    failures = []
+    try:
+        for node in node_parameters():
+            try:
+                return finish(main(node), [])
+            except Exception as error:
+                if isinstance(cause_of(error), REFUSED) or fate(called(error), error) != NOT_SENT:
+                    raise
+                failures.append((node, error))
+        raise Unreachable(failures)
+    except (Exception, KeyboardInterrupt) as error:
+        finish(error, called(error))
+
+
+def called(error):
+    """The calls an error came through, outermost first."""
+    return [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+
+
+def fate(frames, error):
+    """What became of the message, from the calls main() was in when it stopped (`frames`,
+    outermost first): NOT_SENT before basic_publish, UNKNOWN in it unless RabbitMQ refused
+    the message, SENT once it returned, as it does once RabbitMQ has confirmed it."""
+    calls = [frame.f_code.co_name for frame in frames] + [None]
+    if "main" not in calls:  # reading AMQP_URL, or writing out the line after main()
+        return SENT if "finish" in calls else NOT_SENT
+    call = calls[calls.index("main") + 1]  # None: in main() itself (print, or Ctrl+C)
+    if call == "basic_publish" or call is None and isinstance(error, KeyboardInterrupt):
+        return NOT_SENT if isinstance(error, REFUSED_MESSAGE) else UNKNOWN
+    return SENT if call == "close" or call is None and isinstance(error, OSError) else NOT_SENT
+
+
+def finish(error, frames):
+    """Exit with the message's fate as the status, and one true line about it on stderr:
+    none when it was sent and stdout took the " [x] Sent" line."""
+    status = fate(frames, error) if error else SENT
+    node = next((f.f_locals["node"] for f in frames if f.f_code.co_name == "main"), None)
+    line = status != SENT and OUTCOMES[status].format(reason(error, node))
+    try:
+        if isinstance(error, OSError) and status == SENT:
+            raise error  # print failed after the confirm: stdout is full, or a closed pipe
+        sys.stdout.flush()  # AttributeError: stdout is closed (None)
+    except (OSError, AttributeError) as failure:
+        line = line or OUTCOMES[SENT].format(failure if sys.stdout else "it is closed")
+    if line:
+        print(line, file=sys.stderr, flush=True)
+    os._exit(status)  # not sys.exit, which would try to flush a failed stdout once more
+
+
+def give_up_after(seconds):
+    """End send.py with its line if it still waits after `seconds`. A thread, as pika's own
+    timers do not fire while basic_publish waits; os._exit, as the main thread is stuck in
+    that wait. Where it waits (the main thread's calls) tells the message's fate."""
+
+    def give_up():
+        calls = traceback.walk_stack(sys._current_frames()[threading.main_thread().ident])
+        finish(TimeoutError(f"in {seconds} s"), [frame for frame, _ in calls][::-1])
+
+    threading.Timer(seconds, give_up).start()
+
+
 def node_parameters():
-    """pika's parameters for each node in AMQP_URL; pika connects to the first that answers."""
-    return [checked_node(url) for url in AMQP_URL.split(";")]
+    """pika's parameters for each node in AMQP_URL; a ";" in a password stays in it."""
+    urls = [url.strip("; ") for url in re.split(r";(?=\s*amqps?://)", AMQP_URL)]
+    return [checked_node(url, f"URL {n}") for n, url in enumerate(filter(None, urls), 1)]
 
 
-def checked_node(url):
-    """pika's parameters for one URL, refusing what is not AMQP, and TLS that would not check
-    the broker's certificate."""
-    if not url.startswith(("amqp://", "amqps://")):  # pika would take http:// too
-        raise ValueError("it must look like amqp://user:password@host:5672/vhost")
+def checked_node(url, which):
+    """pika's parameters for one URL. A wrong part is named, never shown: a password with a
+    raw / ? # or @ in it would spill into the host, port or virtual host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps"):  # pika would take http:// too
+        raise ValueError(f"{which} must begin with amqp:// or amqps://")
+    if url.count("@") > ("@" in parts.netloc) or re.search("%(?![0-9A-Fa-f]{2})", url):
+        raise ValueError(f"in {which}, write / ? # @ % in the password as %2F %3F %23 %40 %25")
     try:
         node = pika.URLParameters(url)
     except ValueError:  # pika's message may quote a piece of the password
-        raise ValueError("in a password, write / as %2F and @ as %40") from None
+        raise ValueError(f"{which} needs a port from 1 to 65535, valid options after ?") from None
     # A client context that checks the host name also requires a valid certificate.
     if node.ssl_options and not node.ssl_options.context.check_hostname:
-        raise ValueError("its ssl_options turn off the check of the broker's certificate")
+        raise ValueError(
+            f"{which}: its ssl_options turn off the check of the broker's certificate"
+        )
     node.blocked_connection_timeout = BLOCKED_TIMEOUT
     return node
 
@@ -92,80 +169,81 @@ def use_existing_hello(connection, refusal):
     return connection.channel()
 
 
-def give_up_after(seconds):
-    """End send.py with one line if it still waits after `seconds`: a quorum queue that has
-    lost the majority of its nodes never confirms. A thread, as pika's own timers do not
-    fire while basic_publish waits; os._exit, as the main thread is stuck in that wait."""
-
-    def give_up():
-        print(
-            f"No answer from {broker(node_parameters())} in {seconds} s: the message was not "
-            "confirmed. If that is a cluster, the queue may have lost its majority of nodes.",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(1)
-
-    timer = threading.Timer(seconds, give_up)
-    timer.daemon = True
-    timer.start()
-
-
 def broker(nodes):
     """Where the nodes are, for messages: never the password."""
     return "RabbitMQ at " + ", ".join(f"{node.host}:{node.port}" for node in nodes)
 
 
-# One line for each failure a learner may meet, found by the type of the error, {cause}
-# (unwrapped from pika's connection errors); the first match is said. {node} is the node
-# that failed, {user} its user name, {where} names all the nodes tried.
+class Unreachable(Exception):
+    """No node of AMQP_URL could be used; its argument: a (node, error) pair for each."""
+
+
+def cause_of(error):
+    """What lies under pika's wrapping of a failed connect. A wrong password or virtual host
+    only if RabbitMQ said so: pika takes a connection lost at those steps for one too."""
+    inner = error.args[0] if type(error) is errors.AMQPConnectionError else error
+    cause = getattr(inner, "exception", inner)
+    if isinstance(cause, REFUSED) and "ConnectionClosedByBroker" not in str(cause):
+        return ConnectionResetError("the connection was lost during the handshake")
+    return cause
+
+
+errors = pika.exceptions
+REFUSED = (errors.ProbableAuthenticationError, errors.ProbableAccessDeniedError)
+# What RabbitMQ answers to a publish that it did not store.
+REFUSED_MESSAGE = (errors.NackError, errors.UnroutableError, errors.ChannelClosedByBroker)
+OUTCOMES = {
+    SENT: "The message was sent (RabbitMQ confirmed it), but stdout failed: {}",
+    NOT_SENT: "{}. The message was not sent.",
+    UNKNOWN: "{}, after the message was published: RabbitMQ may have stored it, and sending "
+    "it again may deliver it twice.",
+}
+# What went wrong and what to do, by the type of the error, {cause} (unwrapped from pika's
+# connection errors): the first match is said, {where} naming the nodes it happened on.
 FAILURES = {
     ssl.SSLCertVerificationError: "TLS: the certificate of {where} is not trusted, or is not "
     "valid for the host name '{node.host}' ({cause.verify_message}). Use the name it was "
-    "made for in AMQP_URL; for a private CA, set SSL_CERT_FILE to its certificate (PEM).",
+    "made for in AMQP_URL; for a private CA, set SSL_CERT_FILE to its certificate (PEM)",
     ssl.SSLError: "TLS: {where} did not answer in TLS ({cause.reason}). Is that a plain AMQP "
-    "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://.",
-    pika.exceptions.IncompatibleProtocolError: "{where} closed the connection at once, "
-    "without speaking AMQP 0-9-1. If that port expects TLS, use amqps://; else check it.",
-    socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL.",
+    "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://",
+    errors.IncompatibleProtocolError: "{where} closed the connection at once, without "
+    "speaking AMQP 0-9-1. If that port expects TLS, use amqps://; else check it",
+    socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL",
     ConnectionRefusedError: "Cannot connect to {where}: connection refused. Start the broker "
-    "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL.",
-    pika.exceptions.ProbableAuthenticationError: "{where} refused user '{user}': check the user "
-    "name and password in AMQP_URL. RabbitMQ lets guest in only from localhost.",
-    pika.exceptions.ProbableAccessDeniedError: "{where} has no virtual host '{node.virtual_host}'"
-    ", or user '{user}' may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL.",
-    pika.exceptions.NackError: "{where} could not store the message (nack): it was not sent. "
-    "The queue may be full or, in a cluster, be choosing a new leader. Try again.",
-    pika.exceptions.ConnectionBlockedTimeout: "{where} blocks publishers (a memory or disk "
-    "alarm); gave up after {timeout} s: the message was not confirmed. Free memory "
-    "or disk on the broker (see rabbitmq-diagnostics alarms), then send again.",
+    "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL",
+    errors.ProbableAuthenticationError: "{where} refused user '{user}': check the user name "
+    "and password in AMQP_URL. RabbitMQ lets guest in only from localhost",
+    errors.ProbableAccessDeniedError: "{where} has no virtual host '{node.virtual_host}', or "
+    "user '{user}' may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL",
+    errors.NackError: "{where} could not store the message (nack): the queue may be full or, "
+    "in a cluster, be choosing a new leader or be cut off from the other nodes",
+    errors.UnroutableError: "{where} had no queue 'hello' for the message (it was deleted)",
+    errors.ConnectionBlockedTimeout: "{where} blocked publishers (a memory or disk alarm) for "
+    "10 s: free memory or disk there (see rabbitmq-diagnostics alarms)",
+    errors.ChannelClosedByBroker: "{where} refused: {cause.reply_text}",
+    (TimeoutError, AMQPConnectorStackTimeout): "No answer from {where} ({cause}): the network "
+    "may be slow or cut or, in a cluster, the queue may have lost its majority of nodes",
+    KeyboardInterrupt: "Interrupted (Ctrl+C)",
+    BaseException: "Lost the connection to {where} ({cause!r})",
 }
 
 
-def explain(error):
-    """One line for the learner: what went wrong and what to do. Never the password."""
+def reason(error, node):
+    """What went wrong and what to do; never the password."""
     if type(error) is ValueError:  # AMQP_URL cannot be read (not a TLS error, a subclass)
-        masked = re.sub(r"(://[^:/@;]*:)[^;]*@", r"\1***@", AMQP_URL)  # up to the last @
-        return f"AMQP_URL is not a valid AMQP URL ({error}): {masked}"
-    # pika wraps a failed connect in two layers; with several nodes, it raises the error
-    # of the last node it tried.
-    inner = error.args[0] if type(error) is pika.exceptions.AMQPConnectionError else error
-    cause = getattr(inner, "exception", inner)
-    nodes = node_parameters()
-    where, node, user = broker(nodes), nodes[-1], nodes[-1].credentials.username
-    for kind, line in FAILURES.items():
-        if isinstance(cause, kind):
-            return line.format(
-                where=where, node=node, user=user, cause=cause, timeout=BLOCKED_TIMEOUT
-            )
-    return f"The message was not confirmed ({cause!r}) by {where}. Try again."
+        return f"AMQP_URL is not a valid AMQP URL: {error}"
+    failures = error.args[0] if isinstance(error, Unreachable) else [(node, error)]
+    causes = [cause_of(failure) for _, failure in failures]
+    # The last failure, naming every node that failed so (all of them, if none is known).
+    kind = next(kind for kind in FAILURES if isinstance(causes[-1], kind))
+    nodes = [n for (n, _), c in zip(failures, causes) if n and type(c) is type(causes[-1])]
+    nodes = nodes or node_parameters()
+    user = nodes[-1].credentials.username
+    return FAILURES[kind].format(where=broker(nodes), node=nodes[-1], user=user, cause=causes[-1])
 
 
 if __name__ == "__main__":
     give_up_after(SEND_TIMEOUT)
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit("Interrupted: the message was not sent.")
-    except Exception as error:
-        sys.exit(explain(error))
+    if sys.stdout:  # text the terminal cannot show is escaped, rather than a failure
+        sys.stdout.reconfigure(errors="backslashreplace")
+    send()
