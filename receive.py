@@ -179,7 +179,7 @@ class Unreachable(Exception):
 def cause_of(error):
     """What lies under pika's wrapping of a failed connect. A wrong password or virtual host
     only if RabbitMQ said so: pika takes a connection lost at those steps for one too."""
-    inner = error.args[0] if type(error) is errors.AMQPConnectionError else error
+    inner = (error.args or [error])[0] if type(error) is errors.AMQPConnectionError else error
     cause = getattr(inner, "exception", inner)
     if isinstance(cause, REFUSED) and "ConnectionClosedByBroker" not in str(cause):
         return ConnectionResetError("the connection was lost during the handshake")

@@ -73,8 +73,9 @@ def send():
     try:
         for node in node_parameters():
             try:
-                return finish(main(node), [])
-            except Exception as error:
+                main(node)
+                return finish(None, [])
+            except (errors.AMQPError, OSError, AMQPConnectorStackTimeout) as error:
                 if isinstance(cause_of(error), REFUSED) or fate(called(error), error) != NOT_SENT:
                     raise
                 failures.append((node, error))
@@ -181,7 +182,7 @@ class Unreachable(Exception):
 def cause_of(error):
     """What lies under pika's wrapping of a failed connect. A wrong password or virtual host
     only if RabbitMQ said so: pika takes a connection lost at those steps for one too."""
-    inner = error.args[0] if type(error) is errors.AMQPConnectionError else error
+    inner = (error.args or [error])[0] if type(error) is errors.AMQPConnectionError else error
     cause = getattr(inner, "exception", inner)
     if isinstance(cause, REFUSED) and "ConnectionClosedByBroker" not in str(cause):
         return ConnectionResetError("the connection was lost during the handshake")
@@ -224,6 +225,7 @@ FAILURES = {
     (TimeoutError, AMQPConnectorStackTimeout): "No answer from {where} ({cause}): the network "
     "may be slow or cut or, in a cluster, the queue may have lost its majority of nodes",
     KeyboardInterrupt: "Interrupted (Ctrl+C)",
+    UnicodeError: "The message is not valid text ({cause.reason})",
     BaseException: "Lost the connection to {where} ({cause!r})",
 }
 

@@ -67,7 +67,12 @@ def printed(script):
             lines.add(as_pattern(assigned[line.id]))
     if "OUTCOMES" not in assigned:
         return stdout, lines | reasons, lines | reasons
-    frames = [value.value for value in assigned["OUTCOMES"].values]
+    outcomes = assigned["OUTCOMES"]
+    # The frame of SENT holds why stdout failed, not a reason: a whole line of its own.
+    frames = [v.value for k, v in zip(outcomes.keys, outcomes.values) if k.id != "SENT"]
+    lines |= {
+        as_pattern(v, True) for k, v in zip(outcomes.keys, outcomes.values) if k.id == "SENT"
+    }
     framed = {
         re.escape(before) + reason + re.escape(after)
         for before, after in (frame.split("{}") for frame in frames)
