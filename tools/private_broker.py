@@ -57,11 +57,29 @@ def server_version(server):
     return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
-def deprecated_features_config(server):
-    """rabbitmq.conf lines that deny what RabbitMQ 4.3 denies, where the broker knows them."""
+def deprecated_features_config(server, cluster=False):
+    """rabbitmq.conf lines that deny what RabbitMQ 4.3 denies, where the broker knows them.
+    In a cluster on Mnesia (before 4.2), non-durable queues stay permitted: RabbitMQ 4.0
+    checks for them whenever a node starts (a boot, a join, a resume after pause_minority),
+    and the check fails while that node's copy of the queue table is still loading, so the
+    node stays down: {failed_to_deny_deprecated_features,[transient_nonexcl_queues]}.
+    RabbitMQ 4.3 keeps its queues in Khepri only."""
     if server_version(server) < (3, 12):
         return ""
-    return "".join(f"deprecated_features.permit.{name} = false\n" for name in DENIED_FEATURES)
+    names = DENIED_FEATURES
+    if cluster and server_version(server) < (4, 2):
+        names = [name for name in names if name != "transient_nonexcl_queues"]
+    return "".join(f"deprecated_features.permit.{name} = false\n" for name in names)
+
+
+def partition_handling_config(server):
+    """On Mnesia (RabbitMQ before 4.2), the side of a split that holds a minority of the
+    nodes pauses: it closes its clients, which move on to the majority, and it rejoins
+    by itself once the network is back. The default, ignore, leaves both sides running
+    apart until an operator restarts one. Khepri, the store from 4.2 on, has no such key."""
+    return (
+        "" if server_version(server) >= (4, 2) else "cluster_partition_handling = pause_minority\n"
+    )
 
 
 def free_port():
@@ -92,7 +110,8 @@ class PrivateBroker:
         config = self.dir / "rabbitmq.conf"
         config.write_text(
             (self.tls_config(tls_ca) if tls_ca else self.plain_config())
-            + deprecated_features_config(server)
+            # A shared home (for the cookie) makes the node one of a cluster.
+            + deprecated_features_config(server, cluster=home is not None)
             + (f"max_message_size = {max_message_size}\n" if max_message_size else "")
         )
         (self.dir / "enabled_plugins").write_text("[].\n")
@@ -112,6 +131,7 @@ class PrivateBroker:
             RABBITMQ_LOGS="-",
         )
         self.process = None
+        self.prefix = []  # a command that server and CLI tools run under, as `ip netns exec`
 
     def plain_config(self):
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
@@ -151,7 +171,7 @@ class PrivateBroker:
     def launch(self):
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [self.server],
+                [*self.prefix, self.server],
                 cwd=self.dir,  # where a node that fails to boot writes erl_crash.dump
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -205,7 +225,7 @@ class PrivateBroker:
     def ctl(self, *args, tool="rabbitmqctl"):
         """Run a CLI tool of the installed RabbitMQ against this node; its output."""
         done = subprocess.run(
-            [str(self.bin / tool), "-n", self.node, *args],
+            [*self.prefix, str(self.bin / tool), "-n", self.node, *args],
             cwd=self.dir,
             env=self.env,
             capture_output=True,
@@ -224,6 +244,7 @@ class Cluster:
     """Three private nodes joined into one cluster, started in parallel."""
 
     def __init__(self, server, base_dir, size=3):
+        self.server = server
         base = Path(base_dir)
         home = base / "home"
         home.mkdir(parents=True, exist_ok=True)
@@ -231,6 +252,7 @@ class Cluster:
         cookie.write_text(f"HELLOCLUSTER{random.getrandbits(64)}")
         cookie.chmod(0o400)
         self.nodes = [PrivateBroker(server, base / f"node{n}", home=home) for n in range(size)]
+        self.configure(partition_handling_config(server))
 
     def start(self):
         for node in self.nodes:
@@ -245,16 +267,18 @@ class Cluster:
         for node in self.nodes:
             node.wait_until_up()
 
+    def configure(self, lines):
+        for node in self.nodes:
+            with open(node.dir / "rabbitmq.conf", "a") as config:
+                config.write(lines)
+
     def stop(self):
         for node in self.nodes:
             node.stop()
 
     def restart_dead_nodes(self):
-        """Start again, one after another, the nodes a test killed; they rejoin the cluster.
-        Not in parallel: on a Mnesia cluster that denies deprecated features (RabbitMQ 3.12
-        to 4.1), a booting node checks with every peer that no non-durable queue exists, and
-        a peer that is booting too has no queue table yet. The check then fails, and so does
-        the boot: {failed_to_deny_deprecated_features,[transient_nonexcl_queues]}."""
+        """Start again, one after another as an operator would, the nodes a test killed;
+        they rejoin the cluster."""
         for node in self.nodes:
             if node.process.poll() is not None:
                 node.start()
