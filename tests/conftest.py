@@ -44,6 +44,15 @@ def received(lines):
     return {line for line in lines if line.startswith(" [x] Received")}
 
 
+def wait_for_received(receiver, expected, timeout):
+    """Read receive.py's lines until every line of `expected` has come."""
+    deadline = time.monotonic() + timeout
+    missing = set(expected) - set(receiver.lines)
+    while missing:
+        lines = receiver.wait_for_lines(len(receiver.lines) + 1, deadline - time.monotonic())
+        missing.discard(lines[-1])
+
+
 class ExternalBroker:
     """A broker given by TEST_AMQP_URL: usable, but not ours to restart or reconfigure."""
 

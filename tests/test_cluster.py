@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ScriptRunner, preload
+from conftest import ScriptRunner, preload, wait_for_received
 from private_broker import partition_handling_config
 
 # Starting the cluster, killing nodes and waiting out a lost majority take their time.
@@ -32,15 +32,6 @@ def cluster_scripts(cluster, hello):
 
 def message_count(channel):
     return channel.queue_declare("hello", passive=True).method.message_count
-
-
-def wait_for_received(receiver, expected, timeout):
-    """Read receive.py's lines until every line of `expected` has come."""
-    deadline = time.monotonic() + timeout
-    missing = set(expected) - set(receiver.lines)
-    while missing:
-        lines = receiver.wait_for_lines(len(receiver.lines) + 1, deadline - time.monotonic())
-        missing.discard(lines[-1])
 
 
 def print_all_then_ctrl_c(receiver, total):

@@ -14,7 +14,7 @@ import time
 import pika
 import pytest
 
-from conftest import ScriptRunner, installed_server, preload, received
+from conftest import ScriptRunner, installed_server, preload, received, wait_for_received
 from private_broker import BrokerError, server_version
 from split_cluster import SplitCluster, why_no_split
 
@@ -86,28 +86,21 @@ def send_every_second(runner, seconds, prefix):
     return confirmed
 
 
-def wait_for_received(receiver, expected, timeout):
-    deadline = time.monotonic() + timeout
-    missing = set(expected) - set(receiver.lines)
-    while missing:
-        lines = receiver.wait_for_lines(len(receiver.lines) + 1, deadline - time.monotonic())
-        missing.discard(lines[-1])
-
-
-@pytest.mark.parametrize("leader_at", ["another-node", "the-cut-off-node"])
-def test_on_mnesia_the_receiver_moves_on_from_a_node_cut_off(mnesia_cluster, leader_at):
-    cluster = mnesia_cluster
-    cut, others = cluster.nodes[2], cluster.nodes[:2]
-    total = 2000
-    fresh_hello(cluster, cut if leader_at == "the-cut-off-node" else others[0], total)
-    reader = ScriptRunner(cluster.url([cut, *others]))  # reads through the cut-off node
+def read_through_a_split(cluster, total, seconds):
+    """receive.py reads `total` waiting messages through the last node, which is cut off
+    from the others once it has printed 200, for `seconds` in which send.py sends one
+    message a second through the others; then the link is healed. Returns receive.py, once
+    it printed every message and the cluster is whole, stopped with Ctrl+C; the texts sent
+    during the split; and when the link was cut and healed."""
+    cut, others = cluster.nodes[-1], cluster.nodes[:-1]
+    reader = ScriptRunner(cluster.url([cut, *others]))
     receiver = reader.start_receiver()
     try:
         receiver.wait_for_lines(200, timeout=60)
         cut_at = time.monotonic()
         cluster.split(cut)
         try:
-            sent = send_every_second(ScriptRunner(cluster.url(others)), 30, "during the split")
+            sent = send_every_second(ScriptRunner(cluster.url(others)), seconds, "in the split")
         finally:
             healed_at = time.monotonic()
             cluster.heal(cut)
@@ -119,21 +112,33 @@ def test_on_mnesia_the_receiver_moves_on_from_a_node_cut_off(mnesia_cluster, lea
         assert receiver.finish() == 0
     finally:
         reader.stop_all()
+    assert "Traceback" not in receiver.stderr
+    assert received(receiver.lines) == expected
+    printed = [line for line in receiver.lines if line.startswith(" [x] Received")]
+    assert len(printed) - len(set(printed)) <= MOST_PRINTED_TWICE
+    return receiver, sent, cut_at, healed_at
+
+
+@pytest.mark.parametrize("leader_at", ["another-node", "the-cut-off-node"])
+def test_on_mnesia_the_receiver_moves_on_from_a_node_cut_off(mnesia_cluster, leader_at):
+    cluster = mnesia_cluster
+    cut = cluster.nodes[-1]
+    fresh_hello(cluster, cut if leader_at == "the-cut-off-node" else cluster.nodes[0], 2000)
+
+    receiver, sent, cut_at, healed_at = read_through_a_split(cluster, 2000, 30)
 
     assert len(sent) >= 25  # the majority took messages throughout the split
     [line] = receiver.stderr_lines
     assert line.startswith(f"Lost the connection to {cut_where(cut)} (")
     line_after = receiver.stderr_arrivals[0] - cut_at
     assert line_after < 30
-    printed = [line for line in receiver.lines if line.startswith(" [x] Received")]
     during = [
         at
         for at, text in zip(receiver.arrivals, receiver.lines)
-        if "during the split" in text and at < healed_at
+        if "in the split" in text and at < healed_at
     ]
     assert during, "no message sent during the split was printed before it healed"
-    assert len(printed) - len(set(printed)) <= MOST_PRINTED_TWICE
-    assert received(receiver.lines) == expected
+    printed = [line for line in receiver.lines if line.startswith(" [x] Received")]
     print(
         f"line {line_after:.1f} s after the cut, first new message {min(during) - cut_at:.1f} s;"
         f" {len(printed) - len(set(printed))} printed twice"
@@ -172,31 +177,10 @@ def test_send_through_the_cut_off_node_says_what_it_knows(mnesia_cluster):
 
 def test_on_khepri_the_receiver_waits_out_the_split_and_loses_nothing(khepri_cluster):
     cluster = khepri_cluster
-    cut, others = cluster.nodes[2], cluster.nodes[:2]
-    total = 2000
-    fresh_hello(cluster, others[0], total)
-    reader = ScriptRunner(cluster.url([cut, *others]))
-    receiver = reader.start_receiver()
-    try:
-        receiver.wait_for_lines(200, timeout=60)
-        cluster.split(cut)
-        try:
-            sent = send_every_second(ScriptRunner(cluster.url(others)), 40, "during the split")
-        finally:
-            healed_at = time.monotonic()
-            cluster.heal(cut)
-        expected = {f" [x] Received 'message {n}'" for n in range(total)}
-        expected |= {f" [x] Received '{text}'" for text in sent}
-        wait_for_received(receiver, expected, 120)
-        resumed = max(receiver.arrivals) - healed_at
-        cluster.wait_until_whole()
-        receiver.signal(signal.SIGINT)
-        assert receiver.finish() == 0
-    finally:
-        reader.stop_all()
+    fresh_hello(cluster, cluster.nodes[0], 2000)
+
+    receiver, sent, _, healed_at = read_through_a_split(cluster, 2000, 40)
 
     assert len(sent) >= 35
-    assert "Traceback" not in receiver.stderr
-    printed = [line for line in receiver.lines if line.startswith(" [x] Received")]
-    assert len(printed) - len(set(printed)) <= MOST_PRINTED_TWICE
-    print(f"all printed {resumed:.1f} s after healing; {receiver.stderr_lines}")
+    print(f"all printed {max(receiver.arrivals) - healed_at:.1f} s after healing")
+    print(f"stderr: {receiver.stderr_lines}")

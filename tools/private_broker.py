@@ -240,17 +240,23 @@ class PrivateBroker:
         raise BrokerError(f"{why}; its log ends:\n{log}")
 
 
+def shared_home(base):
+    """A HOME for the nodes of a cluster and their CLI tools: it holds their shared cookie."""
+    home = base / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    cookie = home / ".erlang.cookie"
+    cookie.write_text(f"HELLOCLUSTER{random.getrandbits(64)}")
+    cookie.chmod(0o400)
+    return home
+
+
 class Cluster:
     """Three private nodes joined into one cluster, started in parallel."""
 
     def __init__(self, server, base_dir, size=3):
         self.server = server
         base = Path(base_dir)
-        home = base / "home"
-        home.mkdir(parents=True, exist_ok=True)
-        cookie = home / ".erlang.cookie"
-        cookie.write_text(f"HELLOCLUSTER{random.getrandbits(64)}")
-        cookie.chmod(0o400)
+        home = shared_home(base)
         self.nodes = [PrivateBroker(server, base / f"node{n}", home=home) for n in range(size)]
         self.configure(partition_handling_config(server))
 

@@ -27,6 +27,7 @@ from private_broker import (
     PrivateBroker,
     partition_handling_config,
     server_version,
+    shared_home,
 )
 
 # Both sides notice a cut link within about this many seconds.
@@ -46,7 +47,10 @@ def why_no_split():
     probe = f"hsprobe{os.getpid()}"
     try:
         ip("netns", "add", probe)
-        ip("netns", "del", probe)
+        try:
+            ip("netns", "exec", probe, "true")  # in a chroot, / must be a mount point
+        finally:
+            ip("netns", "del", probe)
     except (subprocess.CalledProcessError, OSError) as error:
         return f"ip netns does not work here: {getattr(error, 'stderr', error)}"
     return None
@@ -93,11 +97,7 @@ class SplitCluster(Cluster):
         self.bridges = [f"{self.tag}c", f"{self.tag}k"]
         self.namespaces = [f"{self.tag}n{number}" for number in range(1, size + 1)]
         base = Path(base_dir)
-        home = base / "home"
-        home.mkdir(parents=True, exist_ok=True)
-        cookie = home / ".erlang.cookie"
-        cookie.write_text(f"HELLOSPLIT{random.getrandbits(64)}")
-        cookie.chmod(0o400)
+        home = shared_home(base)
         self.nodes = [
             NamespacedNode(server, base / name, home, name, number, self.nets[1])
             for number, name in enumerate(self.namespaces, 1)
