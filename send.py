@@ -220,7 +220,7 @@ FAILURES = {
     "in a cluster, be choosing a new leader or be cut off from the other nodes",
     errors.UnroutableError: "{where} had no queue 'hello' for the message (it was deleted)",
     errors.ConnectionBlockedTimeout: "{where} blocked publishers (a memory or disk alarm) for "
-    "10 s: free memory or disk there (see rabbitmq-diagnostics alarms)",
+    "{timeout} s: free memory or disk there (see rabbitmq-diagnostics alarms)",
     errors.ChannelClosedByBroker: "{where} refused: {cause.reply_text}",
     (TimeoutError, AMQPConnectorStackTimeout): "No answer from {where} ({cause}): the network "
     "may be slow or cut or, in a cluster, the queue may have lost its majority of nodes",
@@ -241,7 +241,9 @@ def reason(error, node):
     nodes = [n for (n, _), c in zip(failures, causes) if n and type(c) is type(causes[-1])]
     nodes = nodes or node_parameters()
     user = nodes[-1].credentials.username
-    return FAILURES[kind].format(where=broker(nodes), node=nodes[-1], user=user, cause=causes[-1])
+    return FAILURES[kind].format(
+        where=broker(nodes), node=nodes[-1], user=user, cause=causes[-1], timeout=BLOCKED_TIMEOUT
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ScriptRunner, installed_server, preload, received, wait_for_received
 from private_broker import BrokerError, server_version
-from split_cluster import SplitCluster, why_no_split
+from split_cluster import SplitCluster, uses_khepri_by_default, why_no_split
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -29,6 +29,8 @@ def start_split_cluster(tmp_path_factory, khepri):
     if why:
         pytest.skip(why)
     server = installed_server()
+    if not khepri and uses_khepri_by_default(server):
+        pytest.skip("this RabbitMQ keeps its metadata in Khepri only")
     if khepri and server_version(server) < (4, 0):
         version = ".".join(map(str, server_version(server)))
         pytest.skip(f"RabbitMQ {version} has no Khepri (4.0 and later)")
@@ -43,9 +45,6 @@ def start_split_cluster(tmp_path_factory, khepri):
 @pytest.fixture(scope="module")
 def mnesia_cluster(tmp_path_factory):
     cluster = start_split_cluster(tmp_path_factory, khepri=False)
-    if cluster.khepri:
-        cluster.stop()
-        pytest.skip("this RabbitMQ keeps its metadata in Khepri only")
     yield cluster
     cluster.stop()
 
@@ -146,7 +145,7 @@ def test_on_mnesia_the_receiver_moves_on_from_a_node_cut_off(mnesia_cluster, lea
 
 
 def cut_where(node):
-    return f"RabbitMQ at {node.url.split('@')[1].split('/')[0]}"
+    return f"RabbitMQ at {node.parameters.host}:{node.parameters.port}"
 
 
 def test_send_through_the_cut_off_node_says_what_it_knows(mnesia_cluster):
