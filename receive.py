@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 import traceback
-import urllib.parse
 
 import pika
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
@@ -41,7 +40,7 @@ def main(node):
     ack = ack_once_printed(channel)
 
     def callback(ch, method, properties, body):
-        print(f" [x] Received {readable(body)!r}")
+        print(f" [x] Received {body.decode(errors='surrogateescape')!r}")
         ack(method.delivery_tag)  # the broker keeps the message until it is printed
 
     channel.basic_qos(prefetch_count=PREFETCH)
@@ -82,7 +81,7 @@ def keep_receiving():
     """Run main() on the first node of AMQP_URL that answers. When its connection is lost,
     say so once and go on with the next node, round the list. A node that cannot be used is
     skipped; stop if none could be used before one was, or if one refused the user."""
-    nodes, failures, connected = node_parameters(), [], False
+    nodes, connected = node_parameters(), False
     for node in itertools.cycle(nodes):
         try:
             main(node)
@@ -90,18 +89,25 @@ def keep_receiving():
             connected = True
         except LOST as error:
             print(
-                f"Lost the connection to {broker([node])} ({error}); reconnecting. Ctrl+C stops.",
-                file=sys.stderr,
+                f"Lost the connection to {broker(node)} ({error}); reconnecting.", file=sys.stderr
             )
             connected = True
         except Exception as error:
-            if not any(f.f_code is CONNECT for f, _ in traceback.walk_tb(error.__traceback__)):
-                raise  # not a node that cannot be used: stdout failed, say
-            failures = [*failures, (node, error)][-len(nodes) :]  # the last round's
-            gave_up = not connected and len(failures) == len(nodes)  # none could be used
-            if gave_up or isinstance(cause_of(error), REFUSED):
-                raise Unreachable(failures) from None
+            if not unusable(error) or not connected and node is nodes[-1]:
+                raise  # stdout failed, the user was refused, or no node could be used
             time.sleep(0.3)  # this node does not answer (yet): try the next
+
+
+def unusable(error):
+    """Whether the error says that this node cannot be used, though another may be: it came
+    from connecting to it, and it is not RabbitMQ refusing the user, as every node would."""
+    connecting = any(frame.f_code is CONNECT for frame in called(error))
+    return connecting and not isinstance(cause_of(error), REFUSED)
+
+
+def called(error):
+    """The calls an error came through, outermost first."""
+    return [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
 
 
 @contextlib.contextmanager
@@ -110,7 +116,7 @@ def warning_if_no_answer(node, seconds=20):
     lost the majority of its nodes answers nothing until they are back. A thread, as pika's
     own timers do not fire while a BlockingChannel waits for the broker."""
     line = (
-        f"No answer from the queue 'hello' at {broker([node])} in {seconds} s: if "
+        f"No answer from the queue 'hello' at {broker(node)} in {seconds} s: if "
         "that is a cluster, the queue may have lost its majority. Waiting; Ctrl+C stops."
     )
     timer = threading.Timer(seconds, print, [line], {"file": sys.stderr})
@@ -129,11 +135,10 @@ def node_parameters():
 
 def checked_node(url, which):
     """pika's parameters for one URL. A wrong part is named, never shown: a password with a
-    raw / ? # or @ in it would spill into the host, port or virtual host."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("amqp", "amqps"):  # pika would take http:// too
+    raw / ? # @ or % in it would spill into the host, port or virtual host."""
+    if not re.match("amqps?://", url, re.I):  # pika would take http:// too
         raise ValueError(f"{which} must begin with amqp:// or amqps://")
-    if url.count("@") > ("@" in parts.netloc) or re.search("%(?![0-9A-Fa-f]{2})", url):
+    if re.search("@.*@|[/?#].*@|%(?![0-9A-Fa-f]{2})", url.split("//", 1)[1]):
         raise ValueError(f"in {which}, write / ? # @ % in the password as %2F %3F %23 %40 %25")
     try:
         node = pika.URLParameters(url)
@@ -141,39 +146,22 @@ def checked_node(url, which):
         raise ValueError(f"{which} needs a port from 1 to 65535, valid options after ?") from None
     # A client context that checks the host name also requires a valid certificate.
     if node.ssl_options and not node.ssl_options.context.check_hostname:
-        raise ValueError(
-            f"{which}: its ssl_options turn off the check of the broker's certificate"
-        )
+        raise ValueError(f"{which}'s ssl_options turn off the check of the broker's certificate")
     return node
 
 
 def use_existing_hello(connection, refusal):
-    """A queue "hello" made earlier with other settings: receive from it as it is."""
+    """A queue "hello" made earlier with other settings: receive from it as it is. The line says
+    how it differs; deleting it (rabbitmqctl delete_queue hello) gives the quorum queue."""
     if refusal.reply_code != 406:  # PRECONDITION_FAILED: it exists, declared otherwise
         raise refusal
-    print(
-        f"Note: using the existing queue 'hello', made with other settings ({refusal.reply_text})"
-        "; delete it for a durable quorum queue: rabbitmqctl delete_queue hello",
-        file=sys.stderr,
-    )
+    print(f"Note: using the existing queue 'hello' ({refusal.reply_text})", file=sys.stderr)
     return connection.channel()
 
 
-def readable(body):
-    """The body as text; a body that is not UTF-8 stays bytes, which print escaped."""
-    try:
-        return body.decode()
-    except UnicodeDecodeError:
-        return body
-
-
-def broker(nodes):
-    """Where the nodes are, for messages: never the password."""
-    return "RabbitMQ at " + ", ".join(f"{node.host}:{node.port}" for node in nodes)
-
-
-class Unreachable(Exception):
-    """No node of AMQP_URL could be used; its argument: a (node, error) pair for each."""
+def broker(node):
+    """Where the node is, for messages: never the password."""
+    return f"RabbitMQ at {node.host}:{node.port}"
 
 
 def cause_of(error):
@@ -191,7 +179,7 @@ LOST = (errors.StreamLostError, errors.AMQPHeartbeatTimeout, errors.ConnectionCl
 CONNECT = pika.BlockingConnection.__init__.__code__  # where a node is found unusable
 REFUSED = (errors.ProbableAuthenticationError, errors.ProbableAccessDeniedError)
 # What went wrong and what to do, by the type of the error, {cause} (unwrapped from pika's
-# connection errors): the first match is said, {where} naming the nodes it happened on.
+# connection errors): the first match is said, {where} naming the node it happened on.
 FAILURES = {
     ssl.SSLCertVerificationError: "TLS: the certificate of {where} is not trusted, or is not "
     "valid for the host name '{node.host}' ({cause.verify_message}). Use the name it was "
@@ -203,29 +191,24 @@ FAILURES = {
     socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL.",
     ConnectionRefusedError: "Cannot connect to {where}: connection refused. Start the broker "
     "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL.",
-    errors.ProbableAuthenticationError: "{where} refused user '{user}': check the user name "
-    "and password in AMQP_URL. RabbitMQ lets guest in only from localhost.",
+    errors.ProbableAuthenticationError: "{where} refused user '{node.credentials.username}': "
+    "check the user name and password in AMQP_URL. RabbitMQ lets guest in only from localhost.",
     errors.ProbableAccessDeniedError: "{where} has no virtual host '{node.virtual_host}', or "
-    "user '{user}' may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL.",
+    "the user may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL.",
     AMQPConnectorException: "No answer from {where} ({cause!r}). Is the address right?",
-    BaseException: "Cannot use {where} ({cause!r}).",
+    ValueError: "AMQP_URL is not a valid AMQP URL: {cause}",
+    BaseException: "Cannot use {where} ({cause!r}); what was not printed stays queued.",
 }
 
 
 def explain(error):
     """One line for the learner: what went wrong and what to do. Never the password."""
-    if type(error) is ValueError:  # AMQP_URL cannot be read (not a TLS error, a subclass)
-        return f"AMQP_URL is not a valid AMQP URL: {error}"
-    if isinstance(error, OSError):  # writing to stdout, the only place it can come from
+    if isinstance(error, OSError) and not unusable(error):  # not from connecting: stdout
         return f"Cannot write to stdout ({error}): stopped; what was not printed stays queued."
-    if not isinstance(error, Unreachable):
-        return f"receive.py stopped ({error!r}); what it did not print stays queued."
-    causes = [cause_of(failure) for _, failure in error.args[0]]
-    # The last node's failure, naming every node that failed so.
-    kind = next(kind for kind in FAILURES if isinstance(causes[-1], kind))
-    nodes = [n for (n, _), c in zip(error.args[0], causes) if type(c) is type(causes[-1])]
-    user = nodes[-1].credentials.username
-    return FAILURES[kind].format(where=broker(nodes), node=nodes[-1], user=user, cause=causes[-1])
+    cause = cause_of(error)
+    node = next((f.f_locals["node"] for f in called(error) if f.f_code.co_name == "main"), None)
+    template = next(FAILURES[kind] for kind in FAILURES if isinstance(cause, kind))
+    return template.format(where=node and broker(node), node=node, cause=cause)
 
 
 if __name__ == "__main__":
@@ -238,12 +221,11 @@ if __name__ == "__main__":
     # shell that started us in the background told it to be ignored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # os._exit: nothing more to flush, as a stdout that failed would only fail again.
     try:
         keep_receiving()
     except KeyboardInterrupt:  # Ctrl+C: a clean stop, exit status 0
-        status = 0
+        os._exit(0)
     except Exception as error:
         print(explain(error), file=sys.stderr, flush=True)
-        status = 1
-    # os._exit: nothing more to flush, as a stdout that failed would only fail again.
-    os._exit(status)
+    os._exit(1)

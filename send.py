@@ -18,7 +18,6 @@ import ssl
 import sys
 import threading
 import traceback
-import urllib.parse
 
 import pika
 from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
@@ -67,19 +66,17 @@ def main(node):
 
 
 def send():
-    """Run main() on each node of AMQP_URL in turn, skipping a node that fails before the
-    message left; then exit with the message's fate."""
-    failures = []
+    """Run main() on each node of AMQP_URL in turn, going on to the next while the message
+    has not left (unless RabbitMQ refused the user); then exit with the message's fate."""
     try:
-        for node in node_parameters():
+        nodes = node_parameters()
+        for node in nodes:
             try:
                 main(node)
-                return finish(None, [])
-            except (errors.AMQPError, OSError, AMQPConnectorStackTimeout) as error:
-                if isinstance(cause_of(error), REFUSED) or fate(called(error), error) != NOT_SENT:
+                finish(None, [])
+            except Exception as error:
+                if node is nodes[-1] or fate(called(error), error) != NOT_SENT or refused(error):
                     raise
-                failures.append((node, error))
-        raise Unreachable(failures)
     except (Exception, KeyboardInterrupt) as error:
         finish(error, called(error))
 
@@ -90,45 +87,32 @@ def called(error):
 
 
 def fate(frames, error):
-    """What became of the message, from the calls main() was in when it stopped (`frames`,
+    """What became of the message, from the call main() was in when it stopped (`frames`,
     outermost first): NOT_SENT before basic_publish, UNKNOWN in it unless RabbitMQ refused
     the message, SENT once it returned, as it does once RabbitMQ has confirmed it."""
-    calls = [frame.f_code.co_name for frame in frames] + [None]
-    if "main" not in calls:  # reading AMQP_URL, or writing out the line after main()
-        return SENT if "finish" in calls else NOT_SENT
-    call = calls[calls.index("main") + 1]  # None: in main() itself (print, or Ctrl+C)
+    calls = [frame.f_code.co_name for frame in frames]
+    call = dict(zip(calls, calls[1:] + [None])).get("main", "")  # None: in main() itself
     if call == "basic_publish" or call is None and isinstance(error, KeyboardInterrupt):
-        return NOT_SENT if isinstance(error, REFUSED_MESSAGE) else UNKNOWN
+        return NOT_SENT if isinstance(error, errors.AMQPChannelError) else UNKNOWN
     return SENT if call == "close" or call is None and isinstance(error, OSError) else NOT_SENT
 
 
 def finish(error, frames):
-    """Exit with the message's fate as the status, and one true line about it on stderr:
-    none when it was sent and stdout took the " [x] Sent" line."""
+    """Exit with the message's fate as the status, and one true line about it on stderr
+    unless it was sent and its " [x] Sent" line was written."""
     status = fate(frames, error) if error else SENT
-    node = next((f.f_locals["node"] for f in frames if f.f_code.co_name == "main"), None)
-    line = status != SENT and OUTCOMES[status].format(reason(error, node))
-    try:
-        if isinstance(error, OSError) and status == SENT:
-            raise error  # print failed after the confirm: stdout is full, or a closed pipe
-        sys.stdout.flush()  # AttributeError: stdout is closed (None)
-    except (OSError, AttributeError) as failure:
-        line = line or OUTCOMES[SENT].format(failure if sys.stdout else "it is closed")
-    if line:
-        print(line, file=sys.stderr, flush=True)
+    if status != SENT or isinstance(error, OSError):  # OSError: print failed after the confirm
+        why = reason(error, frames) if status != SENT else error
+        print(OUTCOMES[status].format(why), file=sys.stderr, flush=True)
     os._exit(status)  # not sys.exit, which would try to flush a failed stdout once more
 
 
-def give_up_after(seconds):
-    """End send.py with its line if it still waits after `seconds`. A thread, as pika's own
-    timers do not fire while basic_publish waits; os._exit, as the main thread is stuck in
-    that wait. Where it waits (the main thread's calls) tells the message's fate."""
-
-    def give_up():
-        calls = traceback.walk_stack(sys._current_frames()[threading.main_thread().ident])
-        finish(TimeoutError(f"in {seconds} s"), [frame for frame, _ in calls][::-1])
-
-    threading.Timer(seconds, give_up).start()
+def give_up():
+    """End send.py with its line once it has waited SEND_TIMEOUT seconds. It runs in a
+    thread, as pika's own timers do not fire while basic_publish waits; where the main
+    thread waits tells the message's fate."""
+    calls = traceback.walk_stack(sys._current_frames()[threading.main_thread().ident])
+    finish(TimeoutError(f"in {SEND_TIMEOUT} s"), [frame for frame, _ in calls][::-1])
 
 
 def node_parameters():
@@ -139,11 +123,10 @@ def node_parameters():
 
 def checked_node(url, which):
     """pika's parameters for one URL. A wrong part is named, never shown: a password with a
-    raw / ? # or @ in it would spill into the host, port or virtual host."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("amqp", "amqps"):  # pika would take http:// too
+    raw / ? # @ or % in it would spill into the host, port or virtual host."""
+    if not re.match("amqps?://", url, re.I):  # pika would take http:// too
         raise ValueError(f"{which} must begin with amqp:// or amqps://")
-    if url.count("@") > ("@" in parts.netloc) or re.search("%(?![0-9A-Fa-f]{2})", url):
+    if re.search("@.*@|[/?#].*@|%(?![0-9A-Fa-f]{2})", url.split("//", 1)[1]):
         raise ValueError(f"in {which}, write / ? # @ % in the password as %2F %3F %23 %40 %25")
     try:
         node = pika.URLParameters(url)
@@ -151,32 +134,18 @@ def checked_node(url, which):
         raise ValueError(f"{which} needs a port from 1 to 65535, valid options after ?") from None
     # A client context that checks the host name also requires a valid certificate.
     if node.ssl_options and not node.ssl_options.context.check_hostname:
-        raise ValueError(
-            f"{which}: its ssl_options turn off the check of the broker's certificate"
-        )
+        raise ValueError(f"{which}'s ssl_options turn off the check of the broker's certificate")
     node.blocked_connection_timeout = BLOCKED_TIMEOUT
     return node
 
 
 def use_existing_hello(connection, refusal):
-    """A queue "hello" made earlier with other settings: send to it as it is."""
+    """A queue "hello" made earlier with other settings: send to it as it is. The line says
+    how it differs; deleting it (rabbitmqctl delete_queue hello) gives the quorum queue."""
     if refusal.reply_code != 406:  # PRECONDITION_FAILED: it exists, declared otherwise
         raise refusal
-    print(
-        f"Note: using the existing queue 'hello', made with other settings ({refusal.reply_text})"
-        "; delete it for a durable quorum queue: rabbitmqctl delete_queue hello",
-        file=sys.stderr,
-    )
+    print(f"Note: using the existing queue 'hello' ({refusal.reply_text})", file=sys.stderr)
     return connection.channel()
-
-
-def broker(nodes):
-    """Where the nodes are, for messages: never the password."""
-    return "RabbitMQ at " + ", ".join(f"{node.host}:{node.port}" for node in nodes)
-
-
-class Unreachable(Exception):
-    """No node of AMQP_URL could be used; its argument: a (node, error) pair for each."""
 
 
 def cause_of(error):
@@ -189,18 +158,21 @@ def cause_of(error):
     return cause
 
 
+def refused(error):
+    """Whether RabbitMQ refused the user or virtual host: every node would."""
+    return isinstance(cause_of(error), REFUSED)
+
+
 errors = pika.exceptions
 REFUSED = (errors.ProbableAuthenticationError, errors.ProbableAccessDeniedError)
-# What RabbitMQ answers to a publish that it did not store.
-REFUSED_MESSAGE = (errors.NackError, errors.UnroutableError, errors.ChannelClosedByBroker)
 OUTCOMES = {
-    SENT: "The message was sent (RabbitMQ confirmed it), but stdout failed: {}",
+    SENT: "The message was sent (RabbitMQ confirmed it), but stdout failed ({})",
     NOT_SENT: "{}. The message was not sent.",
     UNKNOWN: "{}, after the message was published: RabbitMQ may have stored it, and sending "
     "it again may deliver it twice.",
 }
 # What went wrong and what to do, by the type of the error, {cause} (unwrapped from pika's
-# connection errors): the first match is said, {where} naming the nodes it happened on.
+# connection errors): the first match is said, {where} naming the node it happened on.
 FAILURES = {
     ssl.SSLCertVerificationError: "TLS: the certificate of {where} is not trusted, or is not "
     "valid for the host name '{node.host}' ({cause.verify_message}). Use the name it was "
@@ -212,42 +184,39 @@ FAILURES = {
     socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL",
     ConnectionRefusedError: "Cannot connect to {where}: connection refused. Start the broker "
     "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL",
-    errors.ProbableAuthenticationError: "{where} refused user '{user}': check the user name "
-    "and password in AMQP_URL. RabbitMQ lets guest in only from localhost",
+    errors.ProbableAuthenticationError: "{where} refused user '{node.credentials.username}': "
+    "check the user name and password in AMQP_URL. RabbitMQ lets guest in only from localhost",
     errors.ProbableAccessDeniedError: "{where} has no virtual host '{node.virtual_host}', or "
-    "user '{user}' may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL",
+    "the user may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL",
     errors.NackError: "{where} could not store the message (nack): the queue may be full or, "
     "in a cluster, be choosing a new leader or be cut off from the other nodes",
     errors.UnroutableError: "{where} had no queue 'hello' for the message (it was deleted)",
     errors.ConnectionBlockedTimeout: "{where} blocked publishers (a memory or disk alarm) for "
-    "{timeout} s: free memory or disk there (see rabbitmq-diagnostics alarms)",
+    "{node.blocked_connection_timeout} s: free memory or disk there (rabbitmq-diagnostics alarms)",
     errors.ChannelClosedByBroker: "{where} refused: {cause.reply_text}",
     (TimeoutError, AMQPConnectorStackTimeout): "No answer from {where} ({cause}): the network "
     "may be slow or cut or, in a cluster, the queue may have lost its majority of nodes",
     KeyboardInterrupt: "Interrupted (Ctrl+C)",
     UnicodeError: "The message is not valid text ({cause.reason})",
+    ValueError: "AMQP_URL is not a valid AMQP URL: {cause}",
     BaseException: "Lost the connection to {where} ({cause!r})",
 }
 
 
-def reason(error, node):
-    """What went wrong and what to do; never the password."""
-    if type(error) is ValueError:  # AMQP_URL cannot be read (not a TLS error, a subclass)
-        return f"AMQP_URL is not a valid AMQP URL: {error}"
-    failures = error.args[0] if isinstance(error, Unreachable) else [(node, error)]
-    causes = [cause_of(failure) for _, failure in failures]
-    # The last failure, naming every node that failed so (all of them, if none is known).
-    kind = next(kind for kind in FAILURES if isinstance(causes[-1], kind))
-    nodes = [n for (n, _), c in zip(failures, causes) if n and type(c) is type(causes[-1])]
-    nodes = nodes or node_parameters()
-    user = nodes[-1].credentials.username
-    return FAILURES[kind].format(
-        where=broker(nodes), node=nodes[-1], user=user, cause=causes[-1], timeout=BLOCKED_TIMEOUT
-    )
+def reason(error, frames):
+    """What went wrong and what to do, on the node main() was using; never the password."""
+    node = next((f.f_locals["node"] for f in frames if f.f_code.co_name == "main"), None)
+    where = f"RabbitMQ at {node.host}:{node.port}" if node else "RabbitMQ"
+    cause = cause_of(error)
+    template = next(FAILURES[kind] for kind in FAILURES if isinstance(cause, kind))
+    return template.format(where=where, node=node, cause=cause)
 
 
 if __name__ == "__main__":
-    give_up_after(SEND_TIMEOUT)
-    if sys.stdout:  # text the terminal cannot show is escaped, rather than a failure
-        sys.stdout.reconfigure(errors="backslashreplace")
+    threading.Timer(SEND_TIMEOUT, give_up).start()
+    # Line buffered: a stdout that fails does so in main()'s print, which fate() reads as
+    # sent. A closed stdout (None) is replaced by stderr. Text the terminal cannot show is
+    # escaped, rather than a failure.
+    sys.stdout = sys.stdout or sys.stderr or open(os.devnull, "w")
+    sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     send()

@@ -98,4 +98,4 @@ def test_url_options_cannot_turn_certificate_checks_off(tls_scripts, tls_broker,
 
     line = tls_scripts.failure_line(script, {"AMQP_URL": url})
 
-    assert "its ssl_options turn off the check of the broker's certificate" in line
+    assert "URL 1's ssl_options turn off the check of the broker's certificate" in line
