@@ -90,8 +90,9 @@ def fate(frames, error):
     """What became of the message, from the call main() was in when it stopped (`frames`,
     outermost first): NOT_SENT before basic_publish, UNKNOWN in it unless RabbitMQ refused
     the message, SENT once it returned, as it does once RabbitMQ has confirmed it."""
-    calls = [frame.f_code.co_name for frame in frames]
-    call = dict(zip(calls, calls[1:] + [None])).get("main", "")  # None: in main() itself
+    calls = [frame.f_code.co_name for frame in frames] + [None]
+    # The call main() was in; None: in main() itself (its print, say, or Ctrl+C).
+    call = calls[calls.index("main") + 1] if "main" in calls else "not yet in main()"
     if call == "basic_publish" or call is None and isinstance(error, KeyboardInterrupt):
         return NOT_SENT if isinstance(error, errors.AMQPChannelError) else UNKNOWN
     return SENT if call == "close" or call is None and isinstance(error, OSError) else NOT_SENT
