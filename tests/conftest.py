@@ -77,16 +77,22 @@ def installed_server():
     return server
 
 
-def start_private_broker(tmp_path_factory, **options):
-    server = installed_server()
-    private = PrivateBroker(
-        server, tmp_path_factory.mktemp("broker"), max_message_size=MAX_MESSAGE_SIZE, **options
-    )
+def started(private):
+    """A private broker or cluster, started; if it cannot start, the test fails with why."""
     try:
         private.start()
     except BrokerError as error:
         pytest.fail(str(error), pytrace=False)
     return private
+
+
+def start_private_broker(tmp_path_factory, **options):
+    server = installed_server()
+    return started(
+        PrivateBroker(
+            server, tmp_path_factory.mktemp("broker"), max_message_size=MAX_MESSAGE_SIZE, **options
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -110,12 +116,7 @@ def tls_broker(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """Three private nodes joined into one cluster, shared by the cluster tests."""
-    private = Cluster(installed_server(), tmp_path_factory.mktemp("cluster"))
-    try:
-        private.start()
-    except BrokerError as error:
-        private.stop()
-        pytest.fail(str(error), pytrace=False)
+    private = started(Cluster(installed_server(), tmp_path_factory.mktemp("cluster")))
     yield private
     private.stop()
 

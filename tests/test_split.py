@@ -14,8 +14,15 @@ import time
 import pika
 import pytest
 
-from conftest import ScriptRunner, installed_server, preload, received, wait_for_received
-from private_broker import BrokerError, server_version
+from conftest import (
+    ScriptRunner,
+    installed_server,
+    preload,
+    received,
+    started,
+    wait_for_received,
+)
+from private_broker import server_version
 from split_cluster import SplitCluster, uses_khepri_by_default, why_no_split
 
 pytestmark = pytest.mark.timeout(600)
@@ -34,12 +41,7 @@ def start_split_cluster(tmp_path_factory, khepri):
     if khepri and server_version(server) < (4, 0):
         version = ".".join(map(str, server_version(server)))
         pytest.skip(f"RabbitMQ {version} has no Khepri (4.0 and later)")
-    cluster = SplitCluster(server, tmp_path_factory.mktemp("split"), khepri=khepri)
-    try:
-        cluster.start()
-    except BrokerError as error:
-        pytest.fail(str(error), pytrace=False)
-    return cluster
+    return started(SplitCluster(server, tmp_path_factory.mktemp("split"), khepri=khepri))
 
 
 @pytest.fixture(scope="module")

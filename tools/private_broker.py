@@ -261,17 +261,22 @@ class Cluster:
         self.configure(partition_handling_config(server))
 
     def start(self):
-        for node in self.nodes:
-            node.launch()
-        for node in self.nodes:
-            node.wait_until_up()
-        first = self.nodes[0]
-        for node in self.nodes[1:]:
-            node.ctl("stop_app")
-            node.ctl("join_cluster", first.node)
-            node.ctl("start_app")
-        for node in self.nodes:
-            node.wait_until_up()
+        """Start the nodes and join them; if that fails, stop every node it started."""
+        try:
+            for node in self.nodes:
+                node.launch()
+            for node in self.nodes:
+                node.wait_until_up()
+            first = self.nodes[0]
+            for node in self.nodes[1:]:
+                node.ctl("stop_app")
+                node.ctl("join_cluster", first.node)
+                node.ctl("start_app")
+            for node in self.nodes:
+                node.wait_until_up()
+        except BaseException:
+            self.stop()
+            raise
 
     def configure(self, lines):
         for node in self.nodes:
