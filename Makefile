@@ -1,5 +1,6 @@
 # make demo: run the pair once.  make cluster-demo: the pair on a three-node cluster, one
-# node killed.  make test: run the tests.  make lint: check the style.
+# node killed.  make test: run the tests.  make test-rabbitmq-4.3: run them against
+# RabbitMQ 4.3, in a Debian forky root (needs root and debootstrap).  make lint: the style.
 PYTHON ?= python3
 BIN := .venv/bin
 
@@ -11,6 +12,9 @@ cluster-demo: .venv/installed
 
 test: .venv/installed-dev
 	$(BIN)/python -m pytest
+
+test-rabbitmq-4.3:
+	tools/debian_root.sh forky make test
 
 lint: .venv/installed-dev
 	$(BIN)/ruff check .
@@ -26,4 +30,4 @@ lint: .venv/installed-dev
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@ .venv/installed
 
-.PHONY: demo cluster-demo test lint
+.PHONY: demo cluster-demo test test-rabbitmq-4.3 lint
