@@ -7,6 +7,7 @@ the tests do, and removes it afterwards.
 
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -50,11 +51,15 @@ def main():
 
 
 def answers(url):
-    try:
-        pika.BlockingConnection(pika.URLParameters(url)).close()
-        return True
-    except (pika.exceptions.AMQPError, OSError, ValueError):
-        return False
+    """Whether a node of AMQP_URL answers: it may list the nodes of a cluster, separated by
+    ";" (as the scripts read it, a ";" in a password stays in it)."""
+    for node in re.split(r";(?=\s*amqps?://)", url):
+        try:
+            pika.BlockingConnection(pika.URLParameters(node.strip("; "))).close()
+            return True
+        except Exception:  # noqa: BLE001 - any reason: this node does not answer
+            continue
+    return False
 
 
 def run_pair(env):

@@ -1,22 +1,25 @@
 """A TCP proxy that breaks an AMQP 0-9-1 connection at a chosen frame, for the tests.
 
 It stands between a script and a private broker and reads the frames going each way: the
-protocol header, then each frame (type, channel, size, payload, end byte). They are
-numbered from 0 in the order the proxy reads them, both directions together. At frame
-number `at` it does not pass that frame on, and acts instead:
+protocol header, then each frame (type, channel, size, payload, end byte), each named
+("Connection.Start", "Basic.Ack", "body", "heartbeat"...). The fault is chosen by kind,
+not by position: `at` is (name, n), the n-th frame of that name (from 1), so that a
+heartbeat that comes in between shifts nothing. There it acts:
 
-    reset    close both sockets at once with a TCP reset
-    close    close both sockets in the ordinary way (FIN)
+    reset    close both sockets at once with a TCP reset, instead of passing the frame on
+    close    close both sockets in the ordinary way (FIN), instead of passing it on
     silent   pass nothing on from then, either way, and keep both sockets open
+    delay    hold that frame, and what follows it that way, for `delay` seconds
 
 Only the first time frame `at` comes does it act; later connections pass untouched, so a
 script that reconnects through the proxy gets through. `seen` lists every frame read:
-(number, direction, a short name such as "Connection.Start" or "body").
+(number from 0, direction ">" or "<", name).
 """
 
 import socket
 import struct
 import threading
+import time
 
 from private_broker import free_port
 
@@ -46,6 +49,9 @@ METHODS = {
     (60, 40): "Basic.Publish",
     (60, 50): "Basic.Return",
     (60, 60): "Basic.Deliver",
+    (60, 70): "Basic.Get",
+    (60, 71): "Basic.GetOk",
+    (60, 72): "Basic.GetEmpty",
     (60, 80): "Basic.Ack",
     (60, 120): "Basic.Nack",
     (85, 10): "Confirm.Select",
@@ -63,15 +69,16 @@ def frame_name(kind, payload):
 class FaultProxy:
     """Listens on 127.0.0.1:`port` and forwards each connection to 127.0.0.1:`target`."""
 
-    def __init__(self, target, at=None, action=None):
-        assert action in (None, "reset", "close", "silent")
-        self.target, self.at, self.action = target, at, action
+    def __init__(self, target, at=None, action=None, delay=0.0):
+        assert action in (None, "reset", "close", "silent", "delay")
+        self.target, self.at, self.action, self.delay = target, at, action, delay
         self.port = free_port()
         self.seen = []
         self.acted = threading.Event()
         self._lock = threading.Lock()
         self._sockets = []
         self._silenced = set()  # the sockets of a connection gone silent
+        self._counts = {}  # frames read so far, by name
         self._listener = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -135,20 +142,24 @@ class FaultProxy:
         with self._lock:
             if sink in self._silenced:
                 return True  # read on, pass nothing
-            number = len(self.seen)
-            self.seen.append((number, direction, name))
-            if number == self.at and not self.acted.is_set():
+            self.seen.append((len(self.seen), direction, name))
+            self._counts[name] = self._counts.get(name, 0) + 1
+            act = (name, self._counts[name]) == self.at and not self.acted.is_set()
+            if act:
                 self.acted.set()
                 if self.action == "silent":
                     self._silenced.update(pair)
                     return True
-                if self.action == "reset":
-                    for sock in pair:
-                        sock.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
-                self._close(pair)
-                return False
+                if self.action in ("reset", "close"):
+                    if self.action == "reset":
+                        for sock in pair:
+                            sock.setsockopt(
+                                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                            )
+                    self._close(pair)
+                    return False
+        if act:  # delay: this direction waits, the other goes on
+            time.sleep(self.delay)
         try:
             sink.sendall(frame)
         except OSError:

@@ -28,16 +28,6 @@ BOOT_TIMEOUT = 60
 logging.getLogger("pika").addHandler(logging.NullHandler())
 
 
-# RabbitMQ 4.3 denies these deprecated features by default; earlier releases that know the
-# setting (3.12 and later) are told to deny them too, so the tests meet 4.3's defaults.
-DENIED_FEATURES = [
-    "transient_nonexcl_queues",
-    "global_qos",
-    "queue_master_locator",
-    "amqp_address_v1",
-]
-
-
 class BrokerError(Exception):
     """The private broker would not start."""
 
@@ -57,29 +47,17 @@ def server_version(server):
     return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
-def deprecated_features_config(server, cluster=False):
-    """rabbitmq.conf lines that deny what RabbitMQ 4.3 denies, where the broker knows them.
-    In a cluster on Mnesia (before 4.2), non-durable queues stay permitted: RabbitMQ 4.0
-    checks for them whenever a node starts (a boot, a join, a resume after pause_minority),
-    and the check fails while that node's copy of the queue table is still loading, so the
-    node stays down: {failed_to_deny_deprecated_features,[transient_nonexcl_queues]}.
-    RabbitMQ 4.3 keeps its queues in Khepri only."""
-    if server_version(server) < (3, 12):
-        return ""
-    names = DENIED_FEATURES
-    if cluster and server_version(server) < (4, 2):
-        names = [name for name in names if name != "transient_nonexcl_queues"]
-    return "".join(f"deprecated_features.permit.{name} = false\n" for name in names)
+def uses_khepri(server):
+    """Whether this RabbitMQ keeps its metadata in Khepri (4.2 and later), not Mnesia."""
+    return server_version(server) >= (4, 2)
 
 
-def partition_handling_config(server):
-    """On Mnesia (RabbitMQ before 4.2), the side of a split that holds a minority of the
-    nodes pauses: it closes its clients, which move on to the majority, and it rejoins
-    by itself once the network is back. The default, ignore, leaves both sides running
-    apart until an operator restarts one. Khepri, the store from 4.2 on, has no such key."""
-    return (
-        "" if server_version(server) >= (4, 2) else "cluster_partition_handling = pause_minority\n"
-    )
+def partition_handling_config(server, mode="pause_minority"):
+    """On Mnesia, what the side of a split that holds a minority of the nodes does: with
+    pause_minority, it pauses: it closes its clients, which move on to the majority, and
+    it rejoins by itself once the network is back. RabbitMQ's default, ignore, leaves both
+    sides running apart until an operator restarts one. Khepri has no such key."""
+    return "" if uses_khepri(server) else f"cluster_partition_handling = {mode}\n"
 
 
 def free_port():
@@ -96,23 +74,52 @@ def free_port():
 
 
 class PrivateBroker:
-    """One RabbitMQ node of our own, started and stopped from the tests."""
+    """One RabbitMQ node of our own, started and stopped from the tests.
 
-    def __init__(self, server, base_dir, tls_ca=None, max_message_size=None, home=None):
+    By default it listens on 127.0.0.1 and 127.0.0.2 (which the scripts take for another
+    machine) at a free port. In a network namespace of its own (`namespace`), it runs
+    there with the usual ports, open to the namespace's addresses, and clients reach it at
+    `address`. `config` holds more rabbitmq.conf lines, `erl_args` Erlang's."""
+
+    def __init__(
+        self,
+        server,
+        base_dir,
+        tls_ca=None,
+        max_message_size=None,
+        home=None,
+        namespace=None,
+        address="127.0.0.1",
+        config="",
+        erl_args="",
+    ):
         self.server = server
         self.bin = Path(server).parent
         self.dir = Path(base_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.node = f"hello-test-{self.port}@localhost"
         self.log_path = self.dir / "server.log"
         self.max_message_size = max_message_size
-        config = self.dir / "rabbitmq.conf"
-        config.write_text(
-            (self.tls_config(tls_ca) if tls_ca else self.plain_config())
-            # A shared home (for the cookie) makes the node one of a cluster.
-            + deprecated_features_config(server, cluster=home is not None)
+        if namespace:
+            self.port, dist_port, self.node = 5672, 25672, f"rabbit@{namespace}"
+            self.prefix = ["ip", "netns", "exec", namespace]  # for server and CLI tools
+            listeners = "listeners.tcp.default = 5672\nloopback_users.guest = false\n"
+        else:
+            self.port, dist_port = free_port(), free_port()
+            self.node = f"hello-test-{self.port}@localhost"
+            self.prefix = []
+            listeners = (
+                f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+                f"listeners.tcp.second = 127.0.0.2:{self.port}\n"
+            )
+        if tls_ca:
+            listeners = self.tls_config(tls_ca)
+        else:
+            self.url = f"amqp://guest:guest@{address}:{self.port}/%2F"
+            self.parameters = pika.URLParameters(self.url)
+        (self.dir / "rabbitmq.conf").write_text(
+            listeners
             + (f"max_message_size = {max_message_size}\n" if max_message_size else "")
+            + config
         )
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "rabbitmq-env.conf").write_text("")
@@ -122,25 +129,18 @@ class PrivateBroker:
             HOME=str(home or self.dir),
             RABBITMQ_NODENAME=self.node,
             # Else it is the AMQP port + 20000, which may be another broker's.
-            RABBITMQ_DIST_PORT=str(free_port()),
-            RABBITMQ_CONFIG_FILE=str(config),  # a config in /etc/rabbitmq must not apply
+            RABBITMQ_DIST_PORT=str(dist_port),
+            # A config in /etc/rabbitmq must not apply.
+            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
             RABBITMQ_CONF_ENV_FILE=str(self.dir / "rabbitmq-env.conf"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
             RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
             RABBITMQ_LOG_BASE=str(self.dir / "log"),
             RABBITMQ_LOGS="-",
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=erl_args,
+            RABBITMQ_CTL_ERL_ARGS=erl_args,
         )
         self.process = None
-        self.prefix = []  # a command that server and CLI tools run under, as `ip netns exec`
-
-    def plain_config(self):
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
-        self.parameters = pika.URLParameters(self.url)
-        return (
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
-            # A second loopback address, which the scripts take for another machine.
-            f"listeners.tcp.second = 127.0.0.2:{self.port}\n"
-        )
 
     def tls_config(self, ca):
         """TLS only, with a certificate for "localhost" from the test's own CA."""
@@ -251,14 +251,27 @@ def shared_home(base):
 
 
 class Cluster:
-    """Three private nodes joined into one cluster, started in parallel."""
+    """Three private nodes joined into one cluster, started in parallel. On Mnesia, set to
+    `partition_handling` (see partition_handling_config). `node_options(n)` gives more
+    options for node n (from 1), as a network namespace of its own."""
 
-    def __init__(self, server, base_dir, size=3):
+    def __init__(
+        self, server, base_dir, size=3, partition_handling="pause_minority", node_options=None
+    ):
         self.server = server
         base = Path(base_dir)
         home = shared_home(base)
-        self.nodes = [PrivateBroker(server, base / f"node{n}", home=home) for n in range(size)]
-        self.configure(partition_handling_config(server))
+        config = partition_handling_config(server, partition_handling)
+        self.nodes = [
+            PrivateBroker(
+                server,
+                base / f"node{n}",
+                home=home,
+                config=config,
+                **(node_options(n) if node_options else {}),
+            )
+            for n in range(1, size + 1)
+        ]
 
     def start(self):
         """Start the nodes and join them; if that fails, stop every node it started."""
@@ -277,11 +290,6 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
-
-    def configure(self, lines):
-        for node in self.nodes:
-            with open(node.dir / "rabbitmq.conf", "a") as config:
-                config.write(lines)
 
     def stop(self):
         for node in self.nodes:

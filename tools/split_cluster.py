@@ -19,18 +19,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import pika
+from private_broker import BrokerError, Cluster, uses_khepri
 
-from private_broker import (
-    BrokerError,
-    Cluster,
-    PrivateBroker,
-    partition_handling_config,
-    server_version,
-    shared_home,
-)
-
-# Both sides notice a cut link within about this many seconds.
+# Both sides notice a cut link within about this many seconds (Erlang's default is 60).
 NET_TICKTIME = 10
 
 
@@ -56,64 +47,40 @@ def why_no_split():
     return None
 
 
-def uses_khepri_by_default(server):
-    return server_version(server) >= (4, 2)
-
-
-class NamespacedNode(PrivateBroker):
-    """A private node whose server and CLI tools run in network namespace `namespace`."""
-
-    def __init__(self, server, base_dir, home, namespace, number, client_net):
-        self.namespace = namespace
-        super().__init__(server, base_dir, home=home)
-        self.port = 5672
-        self.node = f"rabbit@{namespace}"
-        self.url = f"amqp://guest:guest@{client_net}.{number}:5672/%2F"
-        self.parameters = pika.URLParameters(self.url)
-        config = self.dir / "rabbitmq.conf"
-        lines = [line for line in config.read_text().splitlines() if "listeners" not in line]
-        lines += ["listeners.tcp.default = 5672", "loopback_users.guest = false"]
-        config.write_text("\n".join(lines) + "\n")
-        erl_args = f"-kernel net_ticktime {NET_TICKTIME}"
-        self.env.update(
-            RABBITMQ_NODENAME=self.node,
-            RABBITMQ_DIST_PORT="25672",
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=erl_args,
-            RABBITMQ_CTL_ERL_ARGS=erl_args,
-        )
-        self.prefix = ["ip", "netns", "exec", namespace]
-
-
 class SplitCluster(Cluster):
-    """Three namespaced nodes joined into one cluster: on Khepri where asked for (opt-in
-    from RabbitMQ 4.0, the default from 4.2), else on Mnesia with pause_minority."""
+    """Three nodes, each in a network namespace of its own, joined into one cluster: on
+    Khepri from RabbitMQ 4.2, else on Mnesia with `partition_handling`."""
 
-    def __init__(self, server, base_dir, khepri=False, size=3):
-        self.server, self.khepri = server, khepri or uses_khepri_by_default(server)
+    def __init__(self, server, base_dir, partition_handling="pause_minority", size=3):
         self.tag = f"hs{random.randrange(1000, 9999)}"
         # Networks of its own, so that two such clusters can run at once.
         subnet = random.randrange(0, 127)
         self.nets = [f"10.241.{2 * subnet}", f"10.241.{2 * subnet + 1}"]  # cluster, client
         self.bridges = [f"{self.tag}c", f"{self.tag}k"]
         self.namespaces = [f"{self.tag}n{number}" for number in range(1, size + 1)]
-        base = Path(base_dir)
-        home = shared_home(base)
-        self.nodes = [
-            NamespacedNode(server, base / name, home, name, number, self.nets[1])
-            for number, name in enumerate(self.namespaces, 1)
-        ]
-        if not self.khepri:
-            self.configure(partition_handling_config(server))
+        self.khepri = uses_khepri(server)
+        erl_args = f"-kernel net_ticktime {NET_TICKTIME}"
+        super().__init__(
+            server,
+            base_dir,
+            size,
+            partition_handling,
+            lambda n: dict(
+                namespace=self.namespaces[n - 1],
+                address=f"{self.nets[1]}.{n}",
+                erl_args=erl_args,
+            ),
+        )
+        for node, namespace in zip(self.nodes, self.namespaces):
+            node.namespace = namespace
 
     def start(self):
         try:
             self._make_network()
-            super().start()
-            if self.khepri and not uses_khepri_by_default(self.server):
-                self.nodes[0].ctl("enable_feature_flag", "--opt-in", "khepri_db")
         except BaseException:
             self.stop()
             raise
+        super().start()  # stops everything if it fails
 
     def _make_network(self):
         for bridge in self.bridges:
