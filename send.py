@@ -17,15 +17,14 @@ import socket
 import ssl
 import sys
 import threading
-import traceback
+import time
+import types
+import urllib.parse
 
 import pika
-from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 
 AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
-# A broker short of memory or disk blocks publishers: give up after this many seconds.
-BLOCKED_TIMEOUT = 10
-# Whatever send.py waits for, it gives up after this many seconds.
+# Whatever send.py waits for, it gives up after this many seconds (not under a debugger).
 SEND_TIMEOUT = 25
 SENT, NOT_SENT, UNKNOWN = 0, 1, 3
 
@@ -45,15 +44,16 @@ def main(node):
     # With confirms, basic_publish returns only once the broker has stored the message,
     # and raises if it could not (mandatory=True: also when no queue took it).
     channel.confirm_delivery()
+    reached(UNKNOWN)  # from here on RabbitMQ may have the message (see below)
     channel.basic_publish(
         exchange="",
         routing_key="hello",
         body=message.encode(errors="surrogateescape"),  # the bytes given, even if not UTF-8
-        properties=pika.BasicProperties(
-            content_type="text/plain", delivery_mode=pika.DeliveryMode.Persistent
-        ),
+        # delivery_mode 2, persistent: written to disk, it outlives a restart of the broker.
+        properties=pika.BasicProperties(content_type="text/plain", delivery_mode=2),
         mandatory=True,
     )
+    reached(SENT)  # basic_publish returned: RabbitMQ confirmed it
     print(f" [x] Sent {message!r}")
     connection.close()
 
@@ -64,56 +64,69 @@ def main(node):
 # about the message for each way a run can end.
 # ---------------------------------------------------------------------------------------
 
+# How far the message got, where main() is: NOT_SENT until basic_publish starts, UNKNOWN
+# while it waits for the confirm, SENT once RabbitMQ has confirmed it. And the node in use.
+run = types.SimpleNamespace(fate=NOT_SENT, node=None)
+# Taken by whichever thread ends the run, and never given back: the other thread stops at
+# its next step, so that only one line is said, and nothing is published after it.
+ENDING = threading.Lock()
+
+
+def reached(fate):
+    """Record how far the message got. It waits for ENDING: once a thread has taken it to
+    end the run, main() takes no further step, so nothing is published after its line."""
+    with ENDING:
+        run.fate = fate
+
 
 def send():
     """Run main() on each node of AMQP_URL in turn, going on to the next while the message
-    has not left (unless RabbitMQ refused the user); then exit with the message's fate."""
+    has not left (RabbitMQ refused it, or never had it); then end with its fate. Even after
+    a refused login: pika reports a connection lost while logging in the same way, and the
+    nodes of a cluster share their users, so that a wrong password is refused by each."""
     try:
         nodes = node_parameters()
         for node in nodes:
+            run.node, run.fate = node, NOT_SENT  # nothing is in flight between nodes
             try:
                 main(node)
-                finish(None, [])
+                end(None)
             except Exception as error:
-                if node is nodes[-1] or fate(called(error), error) != NOT_SENT or refused(error):
+                if node is nodes[-1] or fate(error) != NOT_SENT:
                     raise
     except (Exception, KeyboardInterrupt) as error:
-        finish(error, called(error))
+        end(error)
 
 
-def called(error):
-    """The calls an error came through, outermost first."""
-    return [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
-
-
-def fate(frames, error):
-    """What became of the message, from the call main() was in when it stopped (`frames`,
-    outermost first): NOT_SENT before basic_publish, UNKNOWN in it unless RabbitMQ refused
-    the message, SENT once it returned, as it does once RabbitMQ has confirmed it."""
-    calls = [frame.f_code.co_name for frame in frames] + [None]
-    # The call main() was in; None: in main() itself (its print, say, or Ctrl+C).
-    call = calls[calls.index("main") + 1] if "main" in calls else "not yet in main()"
-    if call == "basic_publish" or call is None and isinstance(error, KeyboardInterrupt):
-        return NOT_SENT if isinstance(error, errors.AMQPChannelError) else UNKNOWN
-    return SENT if call == "close" or call is None and isinstance(error, OSError) else NOT_SENT
-
-
-def finish(error, frames):
+def end(error):
     """Exit with the message's fate as the status, and one true line about it on stderr
     unless it was sent and its " [x] Sent" line was written."""
-    status = fate(frames, error) if error else SENT
-    if status != SENT or isinstance(error, OSError):  # OSError: print failed after the confirm
-        why = reason(error, frames) if status != SENT else error
+    ENDING.acquire()  # never released: see ENDING
+    status = fate(error)
+    if status != SENT or isinstance(error, OSError):  # after the confirm, only print can
+        why = reason(error) if status != SENT else error  # raise an OSError: stdout failed
         print(OUTCOMES[status].format(why), file=sys.stderr, flush=True)
     os._exit(status)  # not sys.exit, which would try to flush a failed stdout once more
 
 
-def give_up():
-    """End send.py with its line once it has waited SEND_TIMEOUT seconds. It runs in a
-    thread, as pika's own timers do not fire while basic_publish waits; where the main
-    thread waits tells the message's fate."""
-    calls = traceback.walk_stack(sys._current_frames()[threading.main_thread().ident])
-    finish(TimeoutError(f"in {SEND_TIMEOUT} s"), [frame for frame, _ in calls][::-1])
+def fate(error):
+    """What became of the message, main() having stopped at `error`: as far as it got, but
+    not sent if RabbitMQ refused it (a nack, a return, a closed channel), or it was no text."""
+    refused = isinstance(error, (errors.AMQPChannelError, UnicodeError))
+    return NOT_SENT if run.fate == UNKNOWN and refused else run.fate
+
+
+def bound_the_wait():
+    """End send.py once it has waited SEND_TIMEOUT seconds, with a line on what became of
+    the message. A timer thread, as pika's own timers do not fire while basic_publish waits."""
+    if run.fate == SENT:  # said so by now, or in a moment: only closing the connection is left
+        time.sleep(1)
+    end(NoAnswer(f"in {SEND_TIMEOUT} s"))
+
+
+class NoAnswer(Exception):
+    """send.py waited SEND_TIMEOUT seconds: not an OSError, which only print raises once the
+    message was sent."""
 
 
 def node_parameters():
@@ -122,21 +135,40 @@ def node_parameters():
     return [checked_node(url, f"URL {n}") for n, url in enumerate(filter(None, urls), 1)]
 
 
+class UnusableURL(Exception):
+    """AMQP_URL, by its own text, cannot be used."""
+
+
 def checked_node(url, which):
-    """pika's parameters for one URL. A wrong part is named, never shown: a password with a
-    raw / ? # @ or % in it would spill into the host, port or virtual host."""
+    """pika's parameters for one URL of AMQP_URL. A part that cannot be used is named, never
+    shown: it may hold the password, or the password of a TLS key in ssl_options."""
     if not re.match("amqps?://", url, re.I):  # pika would take http:// too
-        raise ValueError(f"{which} must begin with amqp:// or amqps://")
-    if re.search("@.*@|[/?#].*@|%(?![0-9A-Fa-f]{2})", url.split("//", 1)[1]):
-        raise ValueError(f"in {which}, write / ? # @ % in the password as %2F %3F %23 %40 %25")
-    try:
-        node = pika.URLParameters(url)
-    except ValueError:  # pika's message may quote a piece of the password
-        raise ValueError(f"{which} needs a port from 1 to 65535, valid options after ?") from None
+        raise UnusableURL(f"{which} must begin with amqp:// or amqps://")
+    # A raw / ? # [ ] or @ in the user name or password would end it early.
+    if re.search(r"@.*@|[/?#\[\]].*@", url.split("//", 1)[1]):
+        raise UnusableURL(
+            f"in {which}, write / ? # [ ] @ in the password as %2F %3F %23 %5B %5D %40"
+        )
+    try:  # an IPv6 address without its ], or a port that is not a number up to 65535
+        parts = urllib.parse.urlsplit(url)
+        parts.port
+    except ValueError:
+        raise UnusableURL(f"{which} needs a host name, and a port from 1 to 65535") from None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    named = {"user name or password": userinfo, "host": host, "virtual host": parts.path}
+    for part, text in {**named, "options": parts.query}.items():
+        if re.search("%(?![0-9A-Fa-f]{2})", text):
+            raise UnusableURL(f"in {which}, a lone % in the {part}: write % as %25")
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        try:  # each option alone: pika's message may quote its value
+            pika.URLParameters(f"{parts.scheme}://x/?{urllib.parse.urlencode({name: value})}")
+        except Exception as error:
+            raise UnusableURL(f"in {which}, option {name} fails: {type(error).__name__}") from None
+    node = pika.URLParameters(url)
     # A client context that checks the host name also requires a valid certificate.
     if node.ssl_options and not node.ssl_options.context.check_hostname:
-        raise ValueError(f"{which}'s ssl_options turn off the check of the broker's certificate")
-    node.blocked_connection_timeout = BLOCKED_TIMEOUT
+        raise UnusableURL(f"{which}'s ssl_options turn off the check of the broker's certificate")
+    node.blocked_connection_timeout = 10  # a broker short of memory or disk blocks publishers
     return node
 
 
@@ -149,23 +181,7 @@ def use_existing_hello(connection, refusal):
     return connection.channel()
 
 
-def cause_of(error):
-    """What lies under pika's wrapping of a failed connect. A wrong password or virtual host
-    only if RabbitMQ said so: pika takes a connection lost at those steps for one too."""
-    inner = (error.args or [error])[0] if type(error) is errors.AMQPConnectionError else error
-    cause = getattr(inner, "exception", inner)
-    if isinstance(cause, REFUSED) and "ConnectionClosedByBroker" not in str(cause):
-        return ConnectionResetError("the connection was lost during the handshake")
-    return cause
-
-
-def refused(error):
-    """Whether RabbitMQ refused the user or virtual host: every node would."""
-    return isinstance(cause_of(error), REFUSED)
-
-
 errors = pika.exceptions
-REFUSED = (errors.ProbableAuthenticationError, errors.ProbableAccessDeniedError)
 OUTCOMES = {
     SENT: "The message was sent (RabbitMQ confirmed it), but stdout failed ({})",
     NOT_SENT: "{}. The message was not sent.",
@@ -175,49 +191,51 @@ OUTCOMES = {
 # What went wrong and what to do, by the type of the error, {cause} (unwrapped from pika's
 # connection errors): the first match is said, {where} naming the node it happened on.
 FAILURES = {
-    ssl.SSLCertVerificationError: "TLS: the certificate of {where} is not trusted, or is not "
-    "valid for the host name '{node.host}' ({cause.verify_message}). Use the name it was "
-    "made for in AMQP_URL; for a private CA, set SSL_CERT_FILE to its certificate (PEM)",
+    UnusableURL: "AMQP_URL cannot be used: {cause}",
+    ssl.SSLCertVerificationError: "TLS: {where}'s certificate is not trusted, or not for "
+    "'{node.host}' ({cause.verify_message}): use its name; for a private CA, set SSL_CERT_FILE",
     ssl.SSLError: "TLS: {where} did not answer in TLS ({cause.reason}). Is that a plain AMQP "
     "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://",
-    errors.IncompatibleProtocolError: "{where} closed the connection at once, without "
-    "speaking AMQP 0-9-1. If that port expects TLS, use amqps://; else check it",
+    errors.IncompatibleProtocolError: "{where} does not speak AMQP 0-9-1: for TLS, use amqps://",
     socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL",
     ConnectionRefusedError: "Cannot connect to {where}: connection refused. Start the broker "
     "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL",
-    errors.ProbableAuthenticationError: "{where} refused user '{node.credentials.username}': "
-    "check the user name and password in AMQP_URL. RabbitMQ lets guest in only from localhost",
-    errors.ProbableAccessDeniedError: "{where} has no virtual host '{node.virtual_host}', or "
-    "the user may not use it: create it (rabbitmqctl add_vhost) or fix AMQP_URL",
+    errors.ProbableAuthenticationError: "{where} refused user '{node.credentials.username}' "
+    "({cause}): check the user and password in AMQP_URL (guest may log in only from localhost)",
+    errors.ProbableAccessDeniedError: "{where} did not open the virtual host "
+    "'{node.virtual_host}' ({cause}): fix its name in AMQP_URL, or see to it on the broker",
     errors.NackError: "{where} could not store the message (nack): the queue may be full or, "
     "in a cluster, be choosing a new leader or be cut off from the other nodes",
     errors.UnroutableError: "{where} had no queue 'hello' for the message (it was deleted)",
     errors.ConnectionBlockedTimeout: "{where} blocked publishers (a memory or disk alarm) for "
     "{node.blocked_connection_timeout} s: free memory or disk there (rabbitmq-diagnostics alarms)",
     errors.ChannelClosedByBroker: "{where} refused: {cause.reply_text}",
-    (TimeoutError, AMQPConnectorStackTimeout): "No answer from {where} ({cause}): the network "
+    (NoAnswer, TimeoutError, socket.timeout): "No answer from {where} ({cause}): the network "
     "may be slow or cut or, in a cluster, the queue may have lost its majority of nodes",
+    errors.AMQPConnectionError: "Lost the connection to {where} ({cause!r})",
     KeyboardInterrupt: "Interrupted (Ctrl+C)",
     UnicodeError: "The message is not valid text ({cause.reason})",
-    ValueError: "AMQP_URL is not a valid AMQP URL: {cause}",
-    BaseException: "Lost the connection to {where} ({cause!r})",
+    BaseException: "Cannot use {where} ({cause!r})",
 }
 
 
-def reason(error, frames):
-    """What went wrong and what to do, on the node main() was using; never the password."""
-    node = next((f.f_locals["node"] for f in frames if f.f_code.co_name == "main"), None)
-    where = f"RabbitMQ at {node.host}:{node.port}" if node else "RabbitMQ"
-    cause = cause_of(error)
+def reason(error):
+    """What went wrong and what to do, on the node in use; never the password."""
+    where = f"RabbitMQ at {run.node.host}:{run.node.port}" if run.node else "RabbitMQ"
+    # pika wraps a failed TCP connect in AMQPConnectionError; the socket's error says more.
+    inner = error.args[0] if type(error) is errors.AMQPConnectionError and error.args else None
+    cause = getattr(inner, "exception", error)
     template = next(FAILURES[kind] for kind in FAILURES if isinstance(cause, kind))
-    return template.format(where=where, node=node, cause=cause)
+    return template.format(where=where, node=run.node, cause=cause)
 
 
 if __name__ == "__main__":
-    threading.Timer(SEND_TIMEOUT, give_up).start()
-    # Line buffered: a stdout that fails does so in main()'s print, which fate() reads as
-    # sent. A closed stdout (None) is replaced by stderr. Text the terminal cannot show is
-    # escaped, rather than a failure.
+    # No bound under a debugger (pdb, an IDE's): it may pause send.py for minutes.
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12 and later
+    if not sys.gettrace() and not (monitoring and monitoring.get_tool(monitoring.DEBUGGER_ID)):
+        threading.Timer(SEND_TIMEOUT, bound_the_wait).start()
+    # Line buffered: a stdout that fails does so in main()'s print. A closed stdout (None)
+    # is replaced by stderr. Text the terminal cannot show is escaped, rather than a failure.
     sys.stdout = sys.stdout or sys.stderr or open(os.devnull, "w")
     sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     send()

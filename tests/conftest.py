@@ -40,6 +40,30 @@ def preload(channel, count):
         time.sleep(0.05)
 
 
+def patched_script(directory, script, replacements):
+    """A copy of the script in `directory`, with each piece of text in `replacements`
+    replaced: to see in seconds what it does after its minutes-long bounds. Each piece must
+    be in the script once, so that a renamed constant fails the test instead of passing it."""
+    text = (PROJECT / script).read_text(encoding="utf-8")
+    for old, new in replacements.items():
+        assert text.count(old) == 1, f"{old!r} is not in {script} once"
+        text = text.replace(old, new)
+    copy = Path(directory) / script
+    copy.write_text(text, encoding="utf-8")
+    return str(copy)
+
+
+def settled_count(channel, queue="hello", seconds=1.0):
+    """The number of messages in the queue, read twice `seconds` apart and the same both
+    times: a message still on its way cannot make a count of 0 look final."""
+    while True:
+        first = channel.queue_declare(queue, passive=True).method.message_count
+        time.sleep(seconds)
+        second = channel.queue_declare(queue, passive=True).method.message_count
+        if first == second:
+            return second
+
+
 def received(lines):
     return {line for line in lines if line.startswith(" [x] Received")}
 
@@ -178,9 +202,9 @@ class ScriptRunner:
         self.env.pop("PYTHONUNBUFFERED", None)
         self.running = []
 
-    def run(self, script, *args, env=None, timeout=30):
+    def run(self, script, *args, env=None, timeout=30, python=sys.executable):
         return subprocess.run(
-            [sys.executable, script, *args],
+            [python, script, *args],
             cwd=PROJECT,
             env=dict(self.env, **(env or {})),
             stdin=subprocess.DEVNULL,
@@ -193,8 +217,8 @@ class ScriptRunner:
     def send(self, *args, **kwargs):
         return self.run("send.py", *args, **kwargs)
 
-    def start_receiver(self, env=None, sigint=signal.SIG_DFL):
-        receiver = Receiver(dict(self.env, **(env or {})), sigint)
+    def start_receiver(self, env=None, sigint=signal.SIG_DFL, script="receive.py", python=None):
+        receiver = Receiver(dict(self.env, **(env or {})), sigint, script, python)
         self.running.append(receiver)
         return receiver
 
@@ -224,9 +248,9 @@ class ScriptRunner:
 class Receiver:
     """receive.py running in the background, its output read line by line as it comes."""
 
-    def __init__(self, env, sigint):
+    def __init__(self, env, sigint, script="receive.py", python=None):
         self.process = subprocess.Popen(
-            [sys.executable, "receive.py"],
+            [python or sys.executable, script],
             cwd=PROJECT,
             env=env,
             stdin=subprocess.DEVNULL,

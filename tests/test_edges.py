@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PROJECT, ScriptRunner, preload, received
+from conftest import PROJECT, ScriptRunner, patched_script, preload, received, settled_count
 from fault_proxy import FaultProxy
 from private_broker import free_port
 
@@ -41,87 +41,146 @@ def fresh_hello(channel):
     channel.queue_purge("hello")
 
 
-def send_fate(done, channel):
+def send_fate(done, channel, text="m"):
     """What send.py said of its message, checked against the queue: "sent", "not sent" or
     "unknown". One line and no traceback whatever happened; "sent" only with the message
-    on the queue, "not sent" only without it."""
+    on the queue, "not sent" only without it (the count read twice, a second apart)."""
     assert "Traceback" not in done.stderr
-    time.sleep(0.3)  # a publish that did reach the broker is on the queue by now
-    stored = message_count(channel)
     if done.returncode == 0:
-        assert (done.stdout, done.stderr, stored) == (" [x] Sent 'm'\n", "", 1)
+        assert (done.stdout, done.stderr) == (f" [x] Sent '{text}'\n", "")
+        deadline = time.monotonic() + 10
+        while message_count(channel) != 1:
+            assert time.monotonic() < deadline, "said sent, yet the message is not on the queue"
+            time.sleep(0.05)
         return "sent"
     assert done.stdout == ""
     [line] = done.stderr.splitlines()
     if done.returncode == 1:
         assert line.endswith(NOT_SENT)
-        assert stored == 0, f"said not sent, yet the message is on the queue: {line}"
+        assert settled_count(channel) == 0, f"said not sent, yet the message is there: {line}"
         return "not sent"
     assert done.returncode == 3, done.stderr
     assert line.endswith(UNKNOWN)
+    settled_count(channel)  # a publish still on its way lands now, not in the next run
     return "unknown"
 
 
-def send_through_faults(broker, channel, action, frames):
-    """Run send.py once for each frame number in `frames`, the proxy acting at it."""
-    table = []
-    for at in frames:
-        fresh_hello(channel)
-        proxy = FaultProxy(broker.port, at, action)
-        try:
-            done = ScriptRunner(proxy.url(QUICK)).send("m", timeout=60)
-        finally:
-            proxy.stop()
-        name = f"{proxy.seen[at][1]} {proxy.seen[at][2]}" if at < len(proxy.seen) else "-"
-        table.append((at, name, send_fate(done, channel)))
-    print(f"\n{action}:", *(f"{at:3} {name:22} {fate}" for at, name, fate in table), sep="\n")
-    return table
+def frame_kinds(names):
+    """Each frame of a run as (name, n), the n-th frame of that name: the proxy's way to
+    pick one. Heartbeats are left out: when they come depends on the clock."""
+    counts, kinds = {}, []
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+        if name != "heartbeat":
+            kinds.append((name, counts[name]))
+    return kinds
+
+
+def send_through(broker, channel, at, action, url_options=QUICK, script="send.py", delay=0.0):
+    """Run send.py once through a proxy that acts at frame `at`; its fate, and the run."""
+    fresh_hello(channel)
+    proxy = FaultProxy(broker.port, at, action, delay)
+    try:
+        done = ScriptRunner(proxy.url(url_options)).run(script, "m", timeout=60)
+    finally:
+        proxy.stop()
+    assert proxy.acted.is_set(), f"the run never came to {at}"
+    return send_fate(done, channel), done
 
 
 @pytest.fixture
 def send_frames(broker, amqp):
-    """The frames of one send.py run that nothing disturbs."""
+    """The frames of one send.py run that nothing disturbs, as (name, n)."""
     fresh_hello(amqp)
     proxy = FaultProxy(broker.port)
     done = ScriptRunner(proxy.url(QUICK)).send("m")
     proxy.stop()
     assert done.returncode == 0
-    return [name for _, _, name in proxy.seen]
+    return frame_kinds(name for _, _, name in proxy.seen)
 
 
 @pytest.mark.parametrize("action", ["reset", "close"])
 def test_send_tells_the_truth_whichever_frame_breaks_the_connection(
     broker, amqp, send_frames, action
 ):
-    table = send_through_faults(broker, amqp, action, range(len(send_frames)))
+    fates = [send_through(broker, amqp, at, action)[0] for at in send_frames]
 
-    fates = [fate for _, _, fate in table]
-    published = send_frames.index("Basic.Publish")
+    print(f"\n{action}:", *(f"{at} {fate}" for at, fate in zip(send_frames, fates)), sep="\n")
+    published = send_frames.index(("Basic.Publish", 1))
+    confirmed = send_frames.index(("Basic.Ack", 1))
     assert set(fates[:published]) == {"not sent"}
-    assert set(fates[published : send_frames.index("Basic.Ack") + 1]) == {"unknown"}
-    assert set(fates[send_frames.index("Basic.Ack") + 1 :]) == {"sent"}
+    assert set(fates[published : confirmed + 1]) == {"unknown"}
+    assert set(fates[confirmed + 1 :]) == {"sent"}
 
 
 def test_send_tells_the_truth_when_the_connection_goes_silent(broker, amqp, send_frames):
     # Sampled: each run waits for a handshake timeout or a heartbeat (up to 13 s).
     steps = ["protocol header", "Connection.TuneOk", "Queue.Declare", "body", "Basic.Ack"]
     steps.append("Connection.Close")
-    frames = [send_frames.index(step) for step in steps]
 
-    table = send_through_faults(broker, amqp, "silent", frames)
+    fates = [send_through(broker, amqp, (step, 1), "silent")[0] for step in steps]
 
-    assert [fate for _, _, fate in table] == ["not sent"] * 3 + ["unknown"] * 2 + ["sent"]
+    assert fates == ["not sent"] * 3 + ["unknown"] * 2 + ["sent"]
+
+
+BOUND = 2  # seconds: send.py's SEND_TIMEOUT, shortened
+
+
+@pytest.fixture
+def bounded_send(tmp_path):
+    return patched_script(tmp_path, "send.py", {"SEND_TIMEOUT = 25": f"SEND_TIMEOUT = {BOUND}"})
+
+
+@pytest.mark.parametrize(
+    ("step", "fate"),
+    [("Queue.Declare", "not sent"), ("Basic.Ack", "unknown"), ("Connection.Close", "sent")],
+)
+def test_send_ends_at_its_bound_when_rabbitmq_stops_answering(
+    broker, amqp, bounded_send, step, fate
+):
+    # No short heartbeat here: only the bound can end the wait.
+    started = time.monotonic()
+    said, done = send_through(broker, amqp, (step, 1), "silent", "", bounded_send)
+
+    assert time.monotonic() - started < BOUND + 3
+    assert said == fate
+    if fate != "sent":
+        assert done.stderr.startswith("No answer from RabbitMQ at 127.0.0.1:")
+        assert f" (in {BOUND} s): " in done.stderr
+
+
+@pytest.mark.parametrize("step", ["Confirm.SelectOk", "Basic.Ack"])
+def test_send_says_one_true_thing_when_rabbitmq_answers_just_as_the_bound_ends(
+    broker, amqp, bounded_send, step
+):
+    # The last answer before publishing, or the confirm, held back until about when the
+    # bound ends: the thread that bounds the wait and the main thread race to end the run.
+    # send_fate checks each end against the queue.
+    fates = []
+    for step_ in range(-12, 3):
+        held = BOUND + step_ / 50  # the frame comes a moment after the bound starts
+        said, _ = send_through(broker, amqp, (step, 1), "delay", "", bounded_send, held)
+        fates.append(said)
+
+    print(f"\n{step}: {fates}")
+    late = "not sent" if step == "Confirm.SelectOk" else "unknown"
+    assert (fates[0], fates[-1]) == ("sent", late), fates
 
 
 @pytest.mark.timeout(600)
 def test_receiver_prints_every_message_whichever_frame_breaks_the_connection(broker, amqp):
     total = 2000
-    # Across the handshake, the consume, the deliveries and the acks; some twice, as each
-    # action in turn.
-    frames = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 30, 301, 1000]
-    frames += [2500, 4000, 5999]
+    # Across the handshake, the consume, the deliveries and the acks, as each action in turn.
+    handshake = ["protocol header", "Connection.Start", "Connection.StartOk", "Connection.Tune"]
+    handshake += ["Connection.TuneOk", "Connection.Open", "Connection.OpenOk", "Channel.Open"]
+    handshake += ["Channel.OpenOk", "Queue.Declare", "Queue.DeclareOk", "Basic.Qos"]
+    handshake += ["Basic.QosOk", "Basic.Consume", "Basic.ConsumeOk"]
+    frames = [(name, 1) for name in handshake]
+    frames += [("Basic.Deliver", 1), ("header", 10), ("body", 100), ("Basic.Ack", 1)]
+    frames += [("Basic.Deliver", 1000), ("Basic.Ack", 2), ("body", 1999)]
     actions = ["reset", "close"] * len(frames)
-    runs = list(zip(frames, actions)) + [(14, "silent"), (3000, "silent")]
+    runs = list(zip(frames, actions)) + [(("Basic.ConsumeOk", 1), "silent")]
+    runs += [(("Basic.Deliver", 1000), "silent")]
     for at, action in runs:
         fresh_hello(amqp)
         preload(amqp, total)
@@ -139,6 +198,7 @@ def test_receiver_prints_every_message_whichever_frame_breaks_the_connection(bro
         finally:
             runner.stop_all()
             proxy.stop()
+        assert proxy.acted.is_set(), f"the run never came to {at}"
         assert "Traceback" not in receiver.stderr
         assert len(receiver.stderr_lines) <= 1, (at, action, receiver.stderr)
         assert received(receiver.lines) == expected

@@ -49,16 +49,19 @@ def test_sent_message_is_persistent_utf8_plain_text(scripts, amqp):
 
 @pytest.mark.parametrize("script", ["send.py", "receive.py"])
 def test_each_script_declares_hello_as_a_durable_quorum_queue(scripts, amqp, script):
+    # The test starts without a queue "hello": only the script can make it.
     if script == "send.py":
-        scripts.send()
+        assert scripts.send().returncode == 0
     else:
         scripts.start_receiver().wait_until_ready()
 
-    # Declaring with other settings than the existing queue's fails, so these pass only
-    # when the script declared exactly a durable quorum queue.
-    amqp.queue_declare("hello", durable=True, arguments={"x-queue-type": "quorum"})
+    channel = amqp.connection.channel()
+    channel.queue_declare("hello", passive=True)  # raises if the script made none
+    # Declaring with other settings than the existing queue's fails: these pass only when
+    # the script declared exactly a durable quorum queue.
+    channel.queue_declare("hello", durable=True, arguments={"x-queue-type": "quorum"})
     with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="PRECONDITION_FAILED"):
-        amqp.queue_declare("hello", durable=True, arguments={"x-queue-type": "classic"})
+        channel.queue_declare("hello", durable=True, arguments={"x-queue-type": "classic"})
 
 
 def test_body_that_is_not_utf8_is_shown_escaped_and_receiving_goes_on(scripts, amqp):
