@@ -19,6 +19,8 @@ from private_broker import BrokerError, Cluster, find_server
 
 
 def main():
+    # Line by line, even into a pipe: the scripts' own lines go straight to the same stdout.
+    sys.stdout.reconfigure(line_buffering=True)
     server = find_server()
     if server is None:
         sys.exit("make cluster-demo needs RabbitMQ installed here (README.md, 'A cluster').")

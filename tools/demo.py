@@ -26,6 +26,8 @@ WAIT = 10  # seconds for receive.py to show a line
 
 
 def main():
+    # Line by line, even into a pipe: the scripts' own lines go straight to the same stdout.
+    sys.stdout.reconfigure(line_buffering=True)
     url = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
     private = None
     if not answers(url):
