@@ -43,7 +43,7 @@ def main(node):
         print(f" [x] Received {body.decode(errors='surrogateescape')!r}")
         ack(method.delivery_tag)  # the broker keeps the message until it is printed
 
-    # ack() acknowledges messages in bursts; between bursts, it checks the queue answers.
+    # ack() acknowledges messages in bursts; while none comes, it checks the queue answers.
     ack = ack_once_printed(channel, callback, node)
 
     channel.basic_qos(prefetch_count=PREFETCH)
@@ -83,7 +83,8 @@ def ack_once_printed(channel, callback, node):
 
     def flush_and_ack():
         sys.stdout.flush()  # OSError where stdout is full or a closed pipe: no ack then
-        channel.basic_ack(printed[-1], multiple=True)
+        for tag in printed if held else printed[-1:]:  # not one for the held message too
+            channel.basic_ack(tag, multiple=not held)
         printed.clear()
 
     def ack(delivery_tag):
@@ -188,11 +189,9 @@ def checked_node(url, which):
     shown: it may hold the password, or the password of a TLS key in ssl_options."""
     if not re.match("amqps?://", url, re.I):  # pika would take http:// too
         raise UnusableURL(f"{which} must begin with amqp:// or amqps://")
-    # A raw / ? # [ ] or @ in the user name or password would end it early.
-    if re.search(r"@.*@|[/?#\[\]].*@", url.split("//", 1)[1]):
-        raise UnusableURL(
-            f"in {which}, write / ? # [ ] @ in the password as %2F %3F %23 %5B %5D %40"
-        )
+    # A raw / ? # [ ] @ in the password ends it early; bytes that are not UTF-8 cannot log in.
+    if re.search("@.*@|[/?#\\[\\]].*@|[\udc80-\udcff]", url.split("//", 1)[1]):
+        raise UnusableURL(f"in {which}, encode / ? # [ ] @ and what is not UTF-8 as %XX")
     try:  # an IPv6 address without its ], or a port that is not a number up to 65535
         parts = urllib.parse.urlsplit(url)
         parts.port
@@ -266,7 +265,10 @@ if __name__ == "__main__":
     # (ack_once_printed); text the terminal cannot show is escaped rather than a crash.
     if sys.stdout is None:
         sys.exit("receive.py has no stdout to print messages to (it is closed): not started.")
-    sys.stdout.reconfigure(line_buffering=False, write_through=False, errors="backslashreplace")
+    if hasattr(sys.stdout, "reconfigure"):  # IDLE's stdout has none, and shows lines at once
+        sys.stdout.reconfigure(
+            line_buffering=False, write_through=False, errors="backslashreplace"
+        )
     # SIGTERM (docker stop) stops us as Ctrl+C does, and so does SIGINT even where the
     # shell that started us in the background told it to be ignored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

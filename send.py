@@ -24,7 +24,8 @@ import urllib.parse
 import pika
 
 AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
-# Whatever send.py waits for, it gives up after this many seconds (not under a debugger).
+# Whatever send.py waits for, it gives up after this many seconds (not while a debugger or
+# anything else traces it).
 SEND_TIMEOUT = 25
 SENT, NOT_SENT, UNKNOWN = 0, 1, 3
 
@@ -49,7 +50,7 @@ def main(node):
         exchange="",
         routing_key="hello",
         body=message.encode(errors="surrogateescape"),  # the bytes given, even if not UTF-8
-        # delivery_mode 2, persistent: written to disk, it outlives a restart of the broker.
+        # delivery_mode 2, persistent: a durable queue keeps it on disk through a restart.
         properties=pika.BasicProperties(content_type="text/plain", delivery_mode=2),
         mandatory=True,
     )
@@ -84,6 +85,10 @@ def send():
     has not left (RabbitMQ refused it, or never had it); then end with its fate. Even after
     a refused login: pika reports a connection lost while logging in the same way, and the
     nodes of a cluster share their users, so that a wrong password is refused by each."""
+    # No bound under a debugger (pdb, an IDE's): it may pause send.py for minutes.
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12 and later
+    if not sys.gettrace() and not (monitoring and monitoring.get_tool(monitoring.DEBUGGER_ID)):
+        threading.Timer(SEND_TIMEOUT, bound_the_wait).start()
     try:
         nodes = node_parameters()
         for node in nodes:
@@ -103,10 +108,14 @@ def end(error):
     unless it was sent and its " [x] Sent" line was written."""
     ENDING.acquire()  # never released: see ENDING
     status = fate(error)
-    if status != SENT or isinstance(error, OSError):  # after the confirm, only print can
-        why = reason(error) if status != SENT else error  # raise an OSError: stdout failed
-        print(OUTCOMES[status].format(why), file=sys.stderr, flush=True)
-    os._exit(status)  # not sys.exit, which would try to flush a failed stdout once more
+    try:  # whatever happens here (stderr may fail too), the run ends with its status
+        if isinstance(error, NoAnswer) and status == SENT:
+            time.sleep(1)  # the confirm came just now: its " [x] Sent" line is on its way
+        elif status != SENT or isinstance(error, OSError):  # after the confirm, only print
+            why = reason(error) if status != SENT else error  # raises an OSError
+            print(OUTCOMES[status].format(why), file=sys.stderr, flush=True)
+    finally:
+        os._exit(status)  # not sys.exit, which would try to flush a failed stdout once more
 
 
 def fate(error):
@@ -119,8 +128,6 @@ def fate(error):
 def bound_the_wait():
     """End send.py once it has waited SEND_TIMEOUT seconds, with a line on what became of
     the message. A timer thread, as pika's own timers do not fire while basic_publish waits."""
-    if run.fate == SENT:  # said so by now, or in a moment: only closing the connection is left
-        time.sleep(1)
     end(NoAnswer(f"in {SEND_TIMEOUT} s"))
 
 
@@ -144,11 +151,9 @@ def checked_node(url, which):
     shown: it may hold the password, or the password of a TLS key in ssl_options."""
     if not re.match("amqps?://", url, re.I):  # pika would take http:// too
         raise UnusableURL(f"{which} must begin with amqp:// or amqps://")
-    # A raw / ? # [ ] or @ in the user name or password would end it early.
-    if re.search(r"@.*@|[/?#\[\]].*@", url.split("//", 1)[1]):
-        raise UnusableURL(
-            f"in {which}, write / ? # [ ] @ in the password as %2F %3F %23 %5B %5D %40"
-        )
+    # A raw / ? # [ ] @ in the password ends it early; bytes that are not UTF-8 cannot log in.
+    if re.search("@.*@|[/?#\\[\\]].*@|[\udc80-\udcff]", url.split("//", 1)[1]):
+        raise UnusableURL(f"in {which}, encode / ? # [ ] @ and what is not UTF-8 as %XX")
     try:  # an IPv6 address without its ], or a port that is not a number up to 65535
         parts = urllib.parse.urlsplit(url)
         parts.port
@@ -185,8 +190,8 @@ errors = pika.exceptions
 OUTCOMES = {
     SENT: "The message was sent (RabbitMQ confirmed it), but stdout failed ({})",
     NOT_SENT: "{}. The message was not sent.",
-    UNKNOWN: "{}, after the message was published: RabbitMQ may have stored it, and sending "
-    "it again may deliver it twice.",
+    UNKNOWN: "{}, while the message was being published: RabbitMQ may have stored it, and "
+    "sending it again may deliver it twice.",
 }
 # What went wrong and what to do, by the type of the error, {cause} (unwrapped from pika's
 # connection errors): the first match is said, {where} naming the node it happened on.
@@ -230,12 +235,10 @@ def reason(error):
 
 
 if __name__ == "__main__":
-    # No bound under a debugger (pdb, an IDE's): it may pause send.py for minutes.
-    monitoring = getattr(sys, "monitoring", None)  # Python 3.12 and later
-    if not sys.gettrace() and not (monitoring and monitoring.get_tool(monitoring.DEBUGGER_ID)):
-        threading.Timer(SEND_TIMEOUT, bound_the_wait).start()
     # Line buffered: a stdout that fails does so in main()'s print. A closed stdout (None)
     # is replaced by stderr. Text the terminal cannot show is escaped, rather than a failure.
+    # (IDLE's stdout shows each line at once, and has no reconfigure.)
     sys.stdout = sys.stdout or sys.stderr or open(os.devnull, "w")
-    sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     send()

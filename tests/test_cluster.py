@@ -192,7 +192,7 @@ def test_lost_majority_on_khepri_gives_bounded_lines_then_receiving_resumes(clus
         assert line.startswith(f"No answer from RabbitMQ at 127.0.0.1:{leader.port} (in 25 s)")
         assert "may have lost its majority" in line
         assert line.endswith(
-            "after the message was published: RabbitMQ may have stored it, "
+            "while the message was being published: RabbitMQ may have stored it, "
             "and sending it again may deliver it twice."
         )
 

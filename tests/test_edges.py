@@ -26,7 +26,7 @@ from private_broker import free_port
 QUICK = "?heartbeat=1&socket_timeout=2&stack_timeout=3"
 NOT_SENT = ". The message was not sent."
 UNKNOWN = (
-    ", after the message was published: RabbitMQ may have stored it, and sending it again "
+    ", while the message was being published: RabbitMQ may have stored it, and sending it again "
     "may deliver it twice."
 )
 WAITING = " [*] Waiting for messages. To exit press CTRL+C"
@@ -383,6 +383,25 @@ def test_receiver_stops_without_losing_a_message_when_stdout_fails(
     while message_count(amqp) < 3:
         assert time.monotonic() < deadline, "a message that was not printed is gone"
         time.sleep(0.1)
+
+
+def test_send_ends_with_its_status_when_stderr_fails_too(scripts):
+    # Nothing can be said (stderr is full): the exit status still says "not sent", at once.
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        done = subprocess.run(
+            [sys.executable, "send.py"],
+            cwd=PROJECT,
+            env=dict(scripts.env, AMQP_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=full,
+            timeout=10,
+        )
+    finally:
+        os.close(full)
+
+    assert (done.returncode, done.stdout) == (1, b"")
 
 
 # --- what a message and AMQP_URL may hold ----------------------------------------------

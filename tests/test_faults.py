@@ -296,9 +296,17 @@ def test_after_a_refused_virtual_host_the_next_node_is_tried(scripts, broker, am
         (f"amqp://guest:{PASSWORD}@[::1/%2F", "needs a host name, and a port from 1"),
         (f"http://guest:{PASSWORD}@localhost/", "URL 1 must begin with amqp:// or amqps://"),
         # The / ends the host part early: zq9 would be taken for the port, xk7@... the vhost.
-        ("amqp://guest:zq9/xk7@localhost/%2F", "in URL 1, write / ? # [ ] @ in the password"),
-        ("amqp://guest:zq9[xk7@localhost/%2F", "in URL 1, write / ? # [ ] @ in the password"),
+        (
+            "amqp://guest:zq9/xk7@localhost/%2F",
+            "in URL 1, encode / ? # [ ] @ and what is not UTF-8 as %XX",
+        ),
+        (
+            "amqp://guest:zq9[xk7@localhost/%2F",
+            "in URL 1, encode / ? # [ ] @ and what is not UTF-8 as %XX",
+        ),
         ("amqp://guest:zq9%xk7@localhost/%2F", "in URL 1, a lone % in the user name or password"),
+        # Bytes that are not UTF-8 (a password typed in another encoding) cannot log in.
+        ("amqp://guest:zq9\udce9xk7@localhost/%2F", "and what is not UTF-8 as %XX"),
         (f"amqp://guest:{PASSWORD}@localhost/50%off", "in URL 1, a lone % in the virtual host"),
         (f"amqp://guest:{PASSWORD}@localhost/%2F?x=zq9%xk7", "in URL 1, a lone % in the options"),
         (f"amqp://guest:{PASSWORD}@localhost/%2F?heartbeat=zq9", "option heartbeat fails"),
@@ -321,6 +329,7 @@ def test_after_a_refused_virtual_host_the_next_node_is_tried(scripts, broker, am
         "slash-in-password",
         "bracket-in-password",
         "lone-percent-in-password",
+        "not-utf8-in-password",
         "lone-percent-in-vhost",
         "lone-percent-in-options",
         "bad-option",
@@ -359,7 +368,7 @@ def test_send_gives_up_when_the_broker_blocks_publishers(scripts, broker, amqp):
     where = f"RabbitMQ at 127.0.0.1:{broker.port}"
     assert line.startswith(f"{where} blocked publishers (a memory or disk alarm) for 10 s")
     assert line.endswith(
-        "after the message was published: RabbitMQ may have stored it, and "
+        "while the message was being published: RabbitMQ may have stored it, and "
         "sending it again may deliver it twice."
     )
 

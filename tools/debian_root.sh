@@ -4,7 +4,7 @@
 #
 #     sudo tools/debian_root.sh forky make test     # RabbitMQ 4.3 (Debian testing)
 #
-# The first run builds the root with debootstrap (about 10 minutes, about 1 GB of disk) in
+# The first run builds the root with debootstrap (a few minutes, about 1 GB of disk) in
 # /var/cache/hello-rabbitmq/SUITE; later runs reuse it, and rebuild it when the suite or the
 # package list changes. Each run copies the project's files (tracked and new, not .venv)
 # to /hello in the root, mounts what the tests need, runs the command there, and removes
@@ -51,7 +51,7 @@ in_root() {
 }
 
 build() {
-    echo "debian_root.sh: building a Debian $suite root in $root (about 10 minutes)"
+    echo "debian_root.sh: building a Debian $suite root in $root (a few minutes)" >&2
     unmount_all
     rm -rf --one-file-system "$root"
     mkdir -p "$root"
