@@ -72,8 +72,8 @@ def ack_once_printed(channel, callback, node):
     notices that the others are gone, or, where it led the queue, after RabbitMQ's own 30
     s); keep_receiving then goes on with the next node. A message the queue hands over this
     way is printed in its turn: a queue does so only while the consumer's prefetch is full,
-    so PREFETCH deliveries are on their way ahead of it, and it comes after them (or at the
-    next check, if fewer come).
+    so PREFETCH deliveries are on their way ahead of it, and it comes after them (or, if
+    fewer come, at the first check that finds that none came).
     When RabbitMQ cancels the consumer (the queue was deleted or became unavailable), it
     closes the connection, which ends start_consuming()."""
     connected[0] = True
@@ -83,7 +83,8 @@ def ack_once_printed(channel, callback, node):
 
     def flush_and_ack():
         sys.stdout.flush()  # OSError where stdout is full or a closed pipe: no ack then
-        for tag in printed if held else printed[-1:]:  # not one for the held message too
+        # While a message is held, one ack each: a multiple ack would take the held one too.
+        for tag in printed if held else printed[-1:]:
             channel.basic_ack(tag, multiple=not held)
         printed.clear()
 

@@ -149,6 +149,32 @@ def test_send_ends_at_its_bound_when_rabbitmq_stops_answering(
         assert f" (in {BOUND} s): " in done.stderr
 
 
+def test_receiver_says_so_when_the_queue_does_not_answer(broker, amqp, tmp_path):
+    # The consume goes unanswered, as on a queue that lost its majority: one line after the
+    # bound (20 s, shortened to 2 s here), and receive.py waits on, Ctrl+C still stopping it.
+    script = patched_script(tmp_path, "receive.py", {"seconds=20": "seconds=2"})
+    proxy = FaultProxy(broker.port, ("Basic.Consume", 1), "silent")
+    runner = ScriptRunner(proxy.url())
+    try:
+        receiver = runner.start_receiver(script=script)
+        deadline = time.monotonic() + 10
+        while not receiver.stderr_lines:
+            assert time.monotonic() < deadline, "receive.py said nothing"
+            time.sleep(0.1)
+        time.sleep(2)  # no second line, no exit
+        assert receiver.process.poll() is None
+        receiver.signal(signal.SIGINT)
+        assert receiver.finish() == 0
+    finally:
+        runner.stop_all()
+        proxy.stop()
+
+    assert receiver.lines == []
+    assert receiver.stderr_lines == [
+        f"No answer from the queue 'hello' at 127.0.0.1:{proxy.port} in 2 s; waiting."
+    ]
+
+
 @pytest.mark.parametrize("step", ["Confirm.SelectOk", "Basic.Ack"])
 def test_send_says_one_true_thing_when_rabbitmq_answers_just_as_the_bound_ends(
     broker, amqp, bounded_send, step

@@ -35,7 +35,7 @@ def main():
         if server is None:
             sys.exit(
                 "No RabbitMQ answers at AMQP_URL and none is installed here: start one "
-                "(README.md, 'Start a broker'), then run make demo again."
+                "(README.md, 'The same by hand', step 1), then run make demo again."
             )
         print("No RabbitMQ answers at AMQP_URL: starting a throwaway one for this demo.")
         private = PrivateBroker(server, tempfile.mkdtemp(prefix="hello-demo-"))
