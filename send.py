@@ -36,7 +36,7 @@ def main(node):
     connection = pika.BlockingConnection(node)
     channel = connection.channel()
 
-    # Durable quorum queue: RabbitMQ 4.3 refuses the non-durable queue of the original text.
+    # Durable quorum queue: RabbitMQ deprecates the non-durable queue of the original text.
     try:
         channel.queue_declare(queue="hello", durable=True, arguments={"x-queue-type": "quorum"})
     except pika.exceptions.ChannelClosedByBroker as refusal:

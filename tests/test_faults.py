@@ -420,7 +420,7 @@ def test_leftover_hello_queue_is_used_as_it_is(scripts, amqp, settings):
         amqp.queue_declare("hello", **settings)
     except pika.exceptions.AMQPError as refusal:  # RabbitMQ 4.3 closes the connection
         assert "transient_nonexcl_queues" in str(refusal)
-        pytest.skip("this broker refuses non-durable shared queues, as RabbitMQ 4.3 does")
+        pytest.skip("this broker denies non-durable shared queues (transient_nonexcl_queues)")
     receiver = scripts.start_receiver()
     receiver.wait_until_ready()
 
