@@ -306,6 +306,12 @@ class Receiver:
     def signal(self, signum):
         self.process.send_signal(signum)
 
+    def ctrl_c(self):
+        """Stop it as a learner does: it must still be running, and end with status 0."""
+        assert self.process.poll() is None, f"receive.py stopped by itself: {self.stderr}"
+        self.signal(signal.SIGINT)
+        assert self.finish() == 0
+
     def finish(self, timeout=15):
         """Wait for exit; gather every remaining line. Returns the exit status."""
         status = self.process.wait(timeout)

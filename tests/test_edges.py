@@ -162,9 +162,7 @@ def test_receiver_says_so_when_the_queue_does_not_answer(broker, amqp, tmp_path)
             assert time.monotonic() < deadline, "receive.py said nothing"
             time.sleep(0.1)
         time.sleep(2)  # no second line, no exit
-        assert receiver.process.poll() is None
-        receiver.signal(signal.SIGINT)
-        assert receiver.finish() == 0
+        receiver.ctrl_c()
     finally:
         runner.stop_all()
         proxy.stop()

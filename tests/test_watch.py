@@ -30,9 +30,7 @@ def watch_idle(port, script, seconds):
         receiver.wait_until_ready()
         time.sleep(seconds)
         checks = sum(1 for _, _, name in proxy.seen if name == "Basic.Get")
-        assert receiver.process.poll() is None
-        receiver.signal(signal.SIGINT)
-        assert receiver.finish() == 0
+        receiver.ctrl_c()
     finally:
         runner.stop_all()
         proxy.stop()
