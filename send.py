@@ -111,8 +111,8 @@ def end(error):
     try:  # whatever happens here (stderr may fail too), the run ends with its status
         if isinstance(error, NoAnswer) and status == SENT:
             time.sleep(1)  # the confirm came just now: its " [x] Sent" line is on its way
-        elif status != SENT or isinstance(error, OSError):  # after the confirm, only print
-            why = reason(error) if status != SENT else error  # raises an OSError
+        elif status != SENT or isinstance(error, OSError):  # once sent, only print raises OSError
+            why = reason(error) if status != SENT else error
             print(OUTCOMES[status].format(why), file=sys.stderr, flush=True)
     finally:
         os._exit(status)  # not sys.exit, which would try to flush a failed stdout once more
