@@ -99,6 +99,7 @@ class PrivateBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "server.log"
         self.max_message_size = max_message_size
+        self.namespace = namespace
         if namespace:
             self.port, dist_port, self.node = 5672, 25672, f"rabbit@{namespace}"
             self.prefix = ["ip", "netns", "exec", namespace]  # for server and CLI tools

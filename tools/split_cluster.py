@@ -71,8 +71,6 @@ class SplitCluster(Cluster):
                 erl_args=erl_args,
             ),
         )
-        for node, namespace in zip(self.nodes, self.namespaces):
-            node.namespace = namespace
 
     def start(self):
         try:
