@@ -1,6 +1,7 @@
 # make demo: run the pair once.  make cluster-demo: the pair on a three-node cluster, one
-# node killed.  make test: run the tests.  make test-rabbitmq-4.3: run them against
-# RabbitMQ 4.3, in a Debian forky root (needs root and debootstrap).  make lint: the style.
+# node killed.  make test: run the tests.  make test-rabbitmq-4.0 and make test-rabbitmq-4.3:
+# run them against RabbitMQ 4.0 or 4.3, in a Debian trixie or forky root (needs root and
+# debootstrap).  make lint: the style.
 PYTHON ?= python3
 BIN := .venv/bin
 
@@ -12,6 +13,9 @@ cluster-demo: .venv/installed
 
 test: .venv/installed-dev
 	$(BIN)/python -m pytest
+
+test-rabbitmq-4.0:
+	tools/debian_root.sh trixie make test
 
 test-rabbitmq-4.3:
 	tools/debian_root.sh forky make test
@@ -30,4 +34,4 @@ lint: .venv/installed-dev
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@ .venv/installed
 
-.PHONY: demo cluster-demo test test-rabbitmq-4.3 lint
+.PHONY: demo cluster-demo test test-rabbitmq-4.0 test-rabbitmq-4.3 lint

@@ -2,6 +2,7 @@
 # Run a command in a copy of this project inside a Debian root of another release, with
 # that release's RabbitMQ, Erlang and Python:
 #
+#     sudo tools/debian_root.sh trixie make test    # RabbitMQ 4.0 (Debian 13, stable)
 #     sudo tools/debian_root.sh forky make test     # RabbitMQ 4.3 (Debian testing)
 #
 # The first run builds the root with debootstrap (a few minutes, about 1 GB of disk) in
