@@ -16,14 +16,16 @@ import ssl
 import sys
 import threading
 import time
+import types
 import urllib.parse
 
 import pika
 
 AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
 # How many unacknowledged messages the broker may hand us at once: a bound, so a backlog
-# stays in the queue, yet wide enough that the broker never waits for our acks.
-PREFETCH = 5000
+# stays in the queue, yet wide enough that the broker seldom waits for our acks. It is also
+# the most that a stop can give back to the queue (see let_go).
+PREFETCH = 2000
 # While no message comes for this many seconds, ask the queue for one: a node cut off from
 # the rest of its cluster can no longer serve it, and says so (see ack_once_printed).
 CHECK_EVERY = 10
@@ -47,72 +49,66 @@ def main(node):
     ack = ack_once_printed(channel, callback, node)
 
     channel.basic_qos(prefetch_count=PREFETCH)
+    # Said before consuming: a stdout that cannot take this line takes no message either.
+    print(" [*] Waiting for messages. To exit press CTRL+C", flush=True)
     with warning_if_no_answer(node):
         channel.basic_consume(queue="hello", on_message_callback=callback)
-
-    print(" [*] Waiting for messages. To exit press CTRL+C", flush=True)
     channel.start_consuming()
 
 
 # ---------------------------------------------------------------------------------------
 # The tutorial ends here. What follows is optional reading: acknowledging what was printed,
-# watching that the queue still answers, moving on to the next node when one cannot serve
-# it, how AMQP_URL becomes those nodes, and one plain line for each way a run can fail.
+# watching that the queue still answers, giving back what was not printed, moving on to the
+# next node when one cannot serve the queue, and one plain line for each way a run can end.
 # ---------------------------------------------------------------------------------------
+
+# The state of the run, where main() is: the channel it consumes on (None until it has
+# one), whether "hello" is the queue declared here, the last message printed and not yet
+# acknowledged, how many messages came, when pika's loop last ran and when receive.py last
+# acknowledged (by time.monotonic()), and whether it is stopping: it then prints nothing.
+run = types.SimpleNamespace(channel=None, own_queue=True, served=False, stopping=False, said=-60.0)
 
 
 def ack_once_printed(channel, callback, node):
     """A function that acknowledges a message once its line is out: after each burst of
     deliveries, one flush of stdout, then one ack for the whole burst (multiple=True), as
-    flushing and acking every message on its own would be several times slower.
+    flushing and acknowledging every message on its own would be several times slower.
 
-    It also keeps watch. After CHECK_EVERY seconds with no delivery, it asks the queue for a
-    message (basic_get). A node cut off from the majority of its cluster cannot serve the
-    queue, and answers with an error that ends the connection (541 INTERNAL_ERROR: once it
-    notices that the others are gone, or, where it led the queue, after RabbitMQ's own 30
-    s); keep_receiving then goes on with the next node. A message the queue hands over this
-    way is printed in its turn: a queue does so only while the consumer's prefetch is full,
-    so PREFETCH deliveries are on their way ahead of it, and it comes after them (or, if
-    fewer come, at the first check that finds that none came).
-    When RabbitMQ cancels the consumer (the queue was deleted or became unavailable), it
-    closes the connection, which ends start_consuming()."""
-    connected[0] = True
-    printed = []  # delivery tags printed since the last ack
-    count = [0, 0]  # deliveries printed: in all, and as the last check found
-    held = []  # a message a check got, after which delivery it comes: [count, method, ...]
+    A timer also runs every second. It notes that pika's loop runs (see explain). After
+    CHECK_EVERY seconds without an ack, it asks the queue for a message (basic_get): a node
+    cut off from the majority of its cluster cannot serve the queue, and answers with an
+    error that ends the connection (541 INTERNAL_ERROR), so that keep_receiving goes on
+    with the next node. Only on the quorum queue declared here: it hands a get a message
+    only when no consumer has room for it in its prefetch, and receive.py, idle, has, so
+    the get takes nothing out of turn; what it does take is printed as a delivery is. An
+    older "hello" may be a stream, which has no get, or have a single active consumer,
+    whose turn a get would take."""
+    run.channel, run.served, run.printed, run.acked = channel, True, None, time.monotonic()
 
     def flush_and_ack():
-        sys.stdout.flush()  # OSError where stdout is full or a closed pipe: no ack then
-        # While a message is held, one ack each: a multiple ack would take the held one too.
-        for tag in printed if held else printed[-1:]:
-            channel.basic_ack(tag, multiple=not held)
-        printed.clear()
+        if channel.is_open and not run.stopping:
+            sys.stdout.flush()  # OSError where stdout is full or a closed pipe: no ack then
+            channel.basic_ack(run.printed, multiple=True)
+            run.printed, run.acked = None, time.monotonic()
 
     def ack(delivery_tag):
-        if not printed:  # the first of a burst: ack once pika has handed us the rest
+        if run.printed is None:  # the first of a burst: ack once pika has handed us the rest
             channel.connection.call_later(0, flush_and_ack)
-        printed.append(delivery_tag)
-        count[0] += 1
-        if held and count[0] == held[0]:  # the last delivery due ahead of the held message
-            callback(channel, *held[1:])  # its own delivery counts one more: no second time
-            held.clear()
+        run.printed = delivery_tag
 
-    def check_while_idle():
-        if held and count[0] == count[1]:  # nothing came since the last check: none is due
-            method, properties, body = held[1:]
-            held.clear()
-            callback(channel, method, properties, body)
-        elif not printed and count[0] == count[1]:  # idle: nothing came since the last check
-            with warning_if_no_answer(node, 40):  # RabbitMQ gives up on a get after 30 s
+    def every_second():
+        if run.stopping or not channel.is_open:
+            return
+        run.ran = time.monotonic()
+        if run.ran - run.acked >= CHECK_EVERY and run.own_queue:
+            run.acked = run.ran
+            with warning_if_no_answer(node, 70):  # RabbitMQ answers within net_ticktime + 5 s
                 method, properties, body = channel.basic_get("hello")
             if method:
-                held[:] = [count[0] + PREFETCH, method, properties, body]
-        count[1] = count[0]
-        channel.connection.call_later(CHECK_EVERY, check_while_idle)
+                callback(channel, method, properties, body)
+        channel.connection.call_later(1, every_second)
 
-    # pika's timers fire only in start_consuming(), so the first check comes after it starts.
-    channel.connection.call_later(CHECK_EVERY, check_while_idle)
-    channel.add_on_cancel_callback(lambda cancel: channel.connection.close())
+    every_second()  # pika's timers fire only in start_consuming(): the next one after it starts
     return ack
 
 
@@ -120,7 +116,8 @@ def ack_once_printed(channel, callback, node):
 def warning_if_no_answer(node, seconds=20):
     """Say so on stderr if the block still waits after `seconds`: a quorum queue that has
     lost the majority of its nodes answers nothing until they are back, and then receive.py
-    goes on. A thread, as pika's own timers do not fire while a BlockingChannel waits."""
+    goes on. A thread, as pika's timers (call_later) do not fire while a channel waits. A
+    wait for RabbitMQ is not receive.py being held up (run.ran)."""
     line = f"No answer from the queue 'hello' at {node.host}:{node.port} in {seconds} s; waiting."
     timer = threading.Timer(seconds, print, [line], {"file": sys.stderr})
     timer.start()
@@ -128,27 +125,51 @@ def warning_if_no_answer(node, seconds=20):
         yield
     finally:
         timer.cancel()
+        run.ran = time.monotonic()
+
+
+def let_go():
+    """Close the connection main() left, first giving back to the queue what receive.py took
+    and did not acknowledge: one nack for all, with requeue. RabbitMQ 4.3 does not count it
+    toward a quorum queue's delivery limit; it does count a reject, and each message that
+    a closing connection takes back. When receive.py stops (run.stopping), it first cancels
+    its consumer, so that nothing given back comes straight back to it. Before that, what
+    has arrived is handed to the callback, which prints nothing now: else pika would
+    reject it, cancelling. On any error, the closing connection gives back the rest."""
+    channel, run.channel, run.own_queue = run.channel, None, True
+    with contextlib.suppress(Exception):
+        if run.stopping and channel.consumer_tags:  # set by __main__
+            sys.stdout = None  # print() writes nothing while it is None
+            channel.connection.sleep(0.25)  # pika hands the callback what has arrived
+            channel.basic_cancel(channel.consumer_tags[0])
+        if channel.is_open:
+            channel.basic_nack(0, multiple=True, requeue=True)  # 0: each one not acknowledged
+        channel.connection.close()
 
 
 def keep_receiving():
     """Run main() on the nodes of AMQP_URL in turn for as long as receive.py runs: when one
-    cannot be used or fails it, go on with the next, round the list. Return the line to
-    stop with: for an error that every node would give (stops()), or when no node could be
-    used in the first round. Once receive.py has been consuming, say why it goes on."""
-    nodes, served = node_parameters(), False
+    cannot be used or fails it, go on with the next, round the list. The longer no node
+    has taken receive.py, the longer it waits before the next: a third of that time, from
+    0.3 s (a restarted broker is followed at once) up to 30 s (a refused login does not
+    flood the broker's log). Return the line to stop with: for an error that every node
+    would give (stops()), or when no node could be used in the first round. Once
+    receive.py has been consuming, say why it goes on."""
+    nodes, failing_since = node_parameters(), time.monotonic()
     for attempt, node in enumerate(itertools.cycle(nodes), 1):
-        served, connected[0] = served or connected[0], False
         try:
             main(node)  # it returns when RabbitMQ cancelled the consumer: that is what it means
-            say("Note: the queue 'hello' was deleted or became unavailable; declaring it again.")
+            say("Note: RabbitMQ cancelled the consumer ('hello' deleted?); declaring it again.")
         except Exception as error:
-            if stops(error) or not (served or connected[0]) and attempt == len(nodes):
+            if stops(error) or not run.served and attempt == len(nodes):
                 return explain(error, node)
-            if served or connected[0]:
+            if run.served:
                 say(f"{explain(error, node)} Trying again.")
-            # Not yet, or a queue not found (404): RabbitMQ 4.3 deletes a queue in two steps,
-            # and between them a declare finds the old queue, the consume after it none.
-            time.sleep(0.3)
+        failing_since = time.monotonic() if run.channel else failing_since  # a node took it
+        let_go()
+        # Not at once: a queue not found (404) may be one that RabbitMQ 4.3 is deleting in two
+        # steps, between which a declare finds the old queue, the consume after it none.
+        time.sleep(min(30, max(0.3, (time.monotonic() - failing_since) / 3)))
 
 
 def stops(error):
@@ -157,22 +178,20 @@ def stops(error):
     error tries the next node: a refused virtual host (530) may be down on this node only,
     and pika reports a connection lost while logging in as it does a refused login (403);
     when every node refuses the login, as a wrong password is by each, no node was used in
-    the first round, and that stops it too."""
+    the first round, and that stops it too. (The timers touch no closed channel, so that a
+    refusal reaches here as ChannelClosedByBroker.)"""
     if isinstance(error, errors.ChannelClosedByBroker):
         return error.reply_code != 404
-    return isinstance(error, OSError) and connected[0]  # stdout's: see `connected`
-
-
-last_said = [-60.0]  # when say() last printed, by time.monotonic()
+    return isinstance(error, OSError) and run.channel is not None  # stdout's: see explain
 
 
 def say(line, every=60):
     """Print a line about going on with another node, unless one was said in the last
     `every` seconds: a cluster that cannot serve the queue for an hour gets a line a
     minute, not a line for every node tried."""
-    if time.monotonic() - last_said[0] >= every:
+    if time.monotonic() - run.said >= every:
         print(line, file=sys.stderr, flush=True)
-        last_said[0] = time.monotonic()
+        run.said = time.monotonic()
 
 
 def node_parameters():
@@ -198,17 +217,14 @@ def checked_node(url, which):
         parts.port
     except ValueError:
         raise UnusableURL(f"{which} needs a host name, and a port from 1 to 65535") from None
-    userinfo, _, host = parts.netloc.rpartition("@")
-    named = {"user name or password": userinfo, "host": host, "virtual host": parts.path}
+    named = {"user name or password": parts.netloc.rpartition("@")[0], "virtual host": parts.path}
     for part, text in {**named, "options": parts.query}.items():
         if re.search("%(?![0-9A-Fa-f]{2})", text):
             raise UnusableURL(f"in {which}, a lone % in the {part}: write % as %25")
-    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        try:  # each option alone: pika's message may quote its value
-            pika.URLParameters(f"{parts.scheme}://x/?{urllib.parse.urlencode({name: value})}")
-        except Exception as error:
-            raise UnusableURL(f"in {which}, option {name} fails: {type(error).__name__}") from None
-    node = pika.URLParameters(url)
+    try:  # an option pika cannot use: its message may quote the value, so only its kind
+        node = pika.URLParameters(url)
+    except Exception as error:
+        raise UnusableURL(f"in {which}, an option fails: {type(error).__name__}") from None
     # A client context that checks the host name also requires a valid certificate.
     if node.ssl_options and not node.ssl_options.context.check_hostname:
         raise UnusableURL(f"{which}'s ssl_options turn off the check of the broker's certificate")
@@ -216,19 +232,17 @@ def checked_node(url, which):
 
 
 def use_existing_hello(connection, refusal):
-    """A queue "hello" made earlier with other settings: receive from it as it is. The line says
-    how it differs; deleting it (rabbitmqctl delete_queue hello) gives the quorum queue."""
+    """A queue "hello" made earlier with other settings: receive from it as it is, without
+    the watch of ack_once_printed. The line says how it differs, and what to do."""
     if refusal.reply_code != 406:  # PRECONDITION_FAILED: it exists, declared otherwise
         raise refusal
-    print(f"Note: using the existing queue 'hello' ({refusal.reply_text})", file=sys.stderr)
+    run.own_queue = False
+    note = f"Note: using the existing queue 'hello' ({refusal.reply_text})"
+    print(note, "- a stream gives only what is sent from now on", file=sys.stderr)
     return connection.channel()
 
 
 errors = pika.exceptions
-# Whether main() has its connection yet (ack_once_printed is called once it has). From then
-# on, pika reports a network that fails as its own error (StreamLostError): an OSError can
-# only be stdout's.
-connected = [False]
 # What went wrong and what to do, by the type of the error, {cause} (unwrapped from pika's
 # connection errors): the first match is said, {where} naming the node it happened on.
 FAILURES = {
@@ -239,8 +253,7 @@ FAILURES = {
     "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://.",
     errors.IncompatibleProtocolError: "{where} does not speak AMQP 0-9-1: for TLS, use amqps://.",
     socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL.",
-    ConnectionRefusedError: "Cannot connect to {where}: connection refused. Start the broker "
-    "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL.",
+    ConnectionRefusedError: "Cannot connect to {where}: connection refused (README.md, step 1).",
     errors.ProbableAuthenticationError: "{where} refused user '{node.credentials.username}' "
     "({cause}): check the user and password in AMQP_URL (guest may log in only from localhost).",
     errors.ProbableAccessDeniedError: "{where} did not open the virtual host "
@@ -251,14 +264,21 @@ FAILURES = {
 
 
 def explain(error, node):
-    """One line for the learner: what went wrong and what to do. Never the password."""
-    if isinstance(error, OSError) and connected[0]:  # stdout's: see `connected`
+    """One line for the learner: what went wrong and what to do. Never the password. A
+    connection lost while receive.py itself was held up says so: its stdout not read, or
+    the process paused, it sends RabbitMQ no heartbeat."""
+    if isinstance(error, OSError) and run.channel:  # from then on pika's errors are its own
         return f"Cannot write to stdout ({error}): stopped; what was not printed stays queued."
     # pika wraps a failed TCP connect in AMQPConnectionError; the socket's error says more.
     inner = error.args[0] if type(error) is errors.AMQPConnectionError and error.args else None
     cause = getattr(inner, "exception", error)
     template = next(FAILURES[kind] for kind in FAILURES if isinstance(cause, kind))
-    return template.format(where=f"RabbitMQ at {node.host}:{node.port}", node=node, cause=cause)
+    line = template.format(where=f"RabbitMQ at {node.host}:{node.port}", node=node, cause=cause)
+    held_up = time.monotonic() - run.ran if run.channel else 0  # see ack_once_printed
+    if isinstance(error, errors.AMQPConnectionError) and held_up > 5:  # pika's loop stood still
+        why = f"receive.py sent no heartbeat for {held_up:.0f} s (its output not read, or paused)"
+        line = f"{line[:-1]} after {why}: what it printed since its last ack comes again."
+    return line
 
 
 if __name__ == "__main__":
@@ -267,18 +287,20 @@ if __name__ == "__main__":
     if sys.stdout is None:
         sys.exit("receive.py has no stdout to print messages to (it is closed): not started.")
     if hasattr(sys.stdout, "reconfigure"):  # IDLE's stdout has none, and shows lines at once
-        sys.stdout.reconfigure(
-            line_buffering=False, write_through=False, errors="backslashreplace"
-        )
-    # SIGTERM (docker stop) stops us as Ctrl+C does, and so does SIGINT even where the
-    # shell that started us in the background told it to be ignored.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    # os._exit: nothing more to flush, as a stdout that failed would only fail again.
+        sys.stdout.reconfigure(write_through=False, errors="backslashreplace")
+    # Each stops receive.py as Ctrl+C does, SIGINT even where the shell that started it in
+    # the background told it to be ignored.
+    for name in {"SIGINT", "SIGTERM", "SIGHUP"} & set(dir(signal)):  # Windows has no SIGHUP
+        signal.signal(getattr(signal, name), signal.default_int_handler)
     try:
-        print(keep_receiving(), file=sys.stderr, flush=True)
-    except KeyboardInterrupt:  # Ctrl+C: a clean stop, exit status 0
-        os._exit(0)
+        line, status = keep_receiving(), 1
+    except KeyboardInterrupt:  # Ctrl+C, or a signal above: a clean stop, exit status 0
+        line, status = "Stopped; what was not printed stays queued.", 0
     except UnusableURL as error:
-        print(FAILURES[UnusableURL].format(cause=error), file=sys.stderr, flush=True)
-    os._exit(1)
+        line, status = FAILURES[UnusableURL].format(cause=error), 1
+    with contextlib.suppress(BaseException):  # stderr may fail too, or a second Ctrl+C come
+        print(line, file=sys.stderr, flush=True)
+        threading.Timer(5, os._exit, [status]).start()  # a bound on giving back (let_go)
+        run.stopping = True
+        let_go()
+    os._exit(status)  # nothing more to flush: a stdout that failed would only fail again

@@ -8,24 +8,24 @@ AMQP_URL=amqp://user:password@host:5672/vhost, or the nodes of a cluster separat
 (send.py uses the first node that answers).
 
 Exit status: 0 sent (RabbitMQ confirmed it), 1 not sent (sending again is safe), 3 unknown
-(published but not confirmed: RabbitMQ may have stored it).
+(published but not confirmed, or nacked: RabbitMQ may have stored it).
 """
 
 import os
 import re
+import signal
 import socket
 import ssl
 import sys
 import threading
-import time
 import types
 import urllib.parse
 
 import pika
 
 AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
-# Whatever send.py waits for, it gives up after this many seconds (not while a debugger or
-# anything else traces it).
+# Whatever send.py waits for, it gives up after this many seconds (not once a debugger has
+# been seen: see bound_the_wait).
 SEND_TIMEOUT = 25
 SENT, NOT_SENT, UNKNOWN = 0, 1, 3
 
@@ -43,14 +43,14 @@ def main(node):
         channel = use_existing_hello(connection, refusal)
 
     # With confirms, basic_publish returns only once the broker has stored the message,
-    # and raises if it could not (mandatory=True: also when no queue took it).
+    # and raises if it did not (mandatory=True: also when no queue took it).
     channel.confirm_delivery()
     reached(UNKNOWN)  # from here on RabbitMQ may have the message (see below)
     channel.basic_publish(
         exchange="",
         routing_key="hello",
         body=message.encode(errors="surrogateescape"),  # the bytes given, even if not UTF-8
-        # delivery_mode 2, persistent: a durable queue keeps it on disk through a restart.
+        # Persistent (delivery_mode 2): an older durable classic "hello" keeps it on disk too.
         properties=pika.BasicProperties(content_type="text/plain", delivery_mode=2),
         mandatory=True,
     )
@@ -66,18 +66,23 @@ def main(node):
 # ---------------------------------------------------------------------------------------
 
 # How far the message got, where main() is: NOT_SENT until basic_publish starts, UNKNOWN
-# while it waits for the confirm, SENT once RabbitMQ has confirmed it. And the node in use.
-run = types.SimpleNamespace(fate=NOT_SENT, node=None)
+# while it waits for the confirm, SENT once RabbitMQ has confirmed it. The node in use, and
+# whether a debugger has been seen: one tracing send.py from the start (python -m pdb).
+run = types.SimpleNamespace(fate=NOT_SENT, node=None, debugged=sys.gettrace() is not None)
 # Taken by whichever thread ends the run, and never given back: the other thread stops at
-# its next step, so that only one line is said, and nothing is published after it.
-ENDING = threading.Lock()
+# its next step, so that only one line is said, and nothing is published after it. main()
+# takes it once RabbitMQ confirmed the message: from then on, main() ends the run.
+ENDING = threading.RLock()
 
 
 def reached(fate):
-    """Record how far the message got. It waits for ENDING: once a thread has taken it to
-    end the run, main() takes no further step, so nothing is published after its line."""
-    with ENDING:
-        run.fate = fate
+    """Record how far the message got. It waits for ENDING: once the bound has taken it to
+    end the run, main() takes no further step, so nothing is published after its line.
+    Once the message is sent, main() keeps ENDING: it says " [x] Sent" and ends the run."""
+    ENDING.acquire()
+    run.fate = fate
+    if fate != SENT:
+        ENDING.release()
 
 
 def send():
@@ -85,10 +90,7 @@ def send():
     has not left (RabbitMQ refused it, or never had it); then end with its fate. Even after
     a refused login: pika reports a connection lost while logging in the same way, and the
     nodes of a cluster share their users, so that a wrong password is refused by each."""
-    # No bound under a debugger (pdb, an IDE's): it may pause send.py for minutes.
-    monitoring = getattr(sys, "monitoring", None)  # Python 3.12 and later
-    if not sys.gettrace() and not (monitoring and monitoring.get_tool(monitoring.DEBUGGER_ID)):
-        threading.Timer(SEND_TIMEOUT, bound_the_wait).start()
+    threading.Timer(SEND_TIMEOUT, bound_the_wait).start()
     try:
         nodes = node_parameters()
         for node in nodes:
@@ -99,7 +101,7 @@ def send():
             except Exception as error:
                 if node is nodes[-1] or fate(error) != NOT_SENT:
                     raise
-    except (Exception, KeyboardInterrupt) as error:
+    except (Exception, KeyboardInterrupt) as error:  # KeyboardInterrupt: Ctrl+C, or a signal
         end(error)
 
 
@@ -107,11 +109,9 @@ def end(error):
     """Exit with the message's fate as the status, and one true line about it on stderr
     unless it was sent and its " [x] Sent" line was written."""
     ENDING.acquire()  # never released: see ENDING
-    status = fate(error)
+    run.fate = status = fate(error)
     try:  # whatever happens here (stderr may fail too), the run ends with its status
-        if isinstance(error, NoAnswer) and status == SENT:
-            time.sleep(1)  # the confirm came just now: its " [x] Sent" line is on its way
-        elif status != SENT or isinstance(error, OSError):  # once sent, only print raises OSError
+        if status != SENT or isinstance(error, OSError):  # once sent, only print raises OSError
             why = reason(error) if status != SENT else error
             print(OUTCOMES[status].format(why), file=sys.stderr, flush=True)
     finally:
@@ -120,20 +120,32 @@ def end(error):
 
 def fate(error):
     """What became of the message, main() having stopped at `error`: as far as it got, but
-    not sent if RabbitMQ refused it (a nack, a return, a closed channel), or it was no text."""
-    refused = isinstance(error, (errors.AMQPChannelError, UnicodeError))
-    return NOT_SENT if run.fate == UNKNOWN and refused else run.fate
+    not sent if RabbitMQ refused it (a closed channel: too large, say; a return: no queue),
+    or it was no text. A nack says only that RabbitMQ did not take charge of the message: a
+    queue whose process failed nacks what it may have written, so the fate stays unknown."""
+    refused = (errors.ChannelClosedByBroker, errors.UnroutableError, UnicodeError)
+    return NOT_SENT if run.fate == UNKNOWN and isinstance(error, refused) else run.fate
 
 
 def bound_the_wait():
-    """End send.py once it has waited SEND_TIMEOUT seconds, with a line on what became of
-    the message. A timer thread, as pika's own timers do not fire while basic_publish waits."""
-    end(NoAnswer(f"in {SEND_TIMEOUT} s"))
+    """End send.py once it has waited SEND_TIMEOUT seconds, with a line on what became of the
+    message, unless a debugger has been seen: it may pause send.py for as long as it likes
+    (breakpoint() was called, or a debugger traces this thread too, or is registered with
+    sys.monitoring, on Python 3.12 and later). A thread, as pika's call_later timers do not
+    fire while basic_publish waits. If main() holds ENDING (the message is sent, or main()
+    ends the run) for another second, main() is ending the run: its status is final."""
+    mon = getattr(sys, "monitoring", None)
+    if run.debugged or sys.gettrace() or mon and mon.get_tool(mon.DEBUGGER_ID) is not None:
+        return
+    if ENDING.acquire(timeout=1):
+        end(TimeoutError(f"in {SEND_TIMEOUT} s"))
+    os._exit(run.fate)
 
 
-class NoAnswer(Exception):
-    """send.py waited SEND_TIMEOUT seconds: not an OSError, which only print raises once the
-    message was sent."""
+def breakpoint_seen(*args, **kwargs):
+    """breakpoint() calls this (sys.breakpointhook): no bound from here on."""
+    run.debugged = True
+    return sys.__breakpointhook__(*args, **kwargs)
 
 
 def node_parameters():
@@ -159,17 +171,14 @@ def checked_node(url, which):
         parts.port
     except ValueError:
         raise UnusableURL(f"{which} needs a host name, and a port from 1 to 65535") from None
-    userinfo, _, host = parts.netloc.rpartition("@")
-    named = {"user name or password": userinfo, "host": host, "virtual host": parts.path}
+    named = {"user name or password": parts.netloc.rpartition("@")[0], "virtual host": parts.path}
     for part, text in {**named, "options": parts.query}.items():
         if re.search("%(?![0-9A-Fa-f]{2})", text):
             raise UnusableURL(f"in {which}, a lone % in the {part}: write % as %25")
-    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        try:  # each option alone: pika's message may quote its value
-            pika.URLParameters(f"{parts.scheme}://x/?{urllib.parse.urlencode({name: value})}")
-        except Exception as error:
-            raise UnusableURL(f"in {which}, option {name} fails: {type(error).__name__}") from None
-    node = pika.URLParameters(url)
+    try:  # an option pika cannot use: its message may quote the value, so only its kind
+        node = pika.URLParameters(url)
+    except Exception as error:
+        raise UnusableURL(f"in {which}, an option fails: {type(error).__name__}") from None
     # A client context that checks the host name also requires a valid certificate.
     if node.ssl_options and not node.ssl_options.context.check_hostname:
         raise UnusableURL(f"{which}'s ssl_options turn off the check of the broker's certificate")
@@ -203,22 +212,19 @@ FAILURES = {
     "port? Use amqp:// there, or the broker's TLS port (usually 5671) with amqps://",
     errors.IncompatibleProtocolError: "{where} does not speak AMQP 0-9-1: for TLS, use amqps://",
     socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL",
-    ConnectionRefusedError: "Cannot connect to {where}: connection refused. Start the broker "
-    "(rabbitmq-server, or docker run -p 5672:5672 rabbitmq:4), or set AMQP_URL",
+    ConnectionRefusedError: "Cannot connect to {where}: connection refused (README.md, step 1)",
     errors.ProbableAuthenticationError: "{where} refused user '{node.credentials.username}' "
     "({cause}): check the user and password in AMQP_URL (guest may log in only from localhost)",
     errors.ProbableAccessDeniedError: "{where} did not open the virtual host "
     "'{node.virtual_host}' ({cause}): fix its name in AMQP_URL, or see to it on the broker",
-    errors.NackError: "{where} could not store the message (nack): the queue may be full or, "
-    "in a cluster, be choosing a new leader or be cut off from the other nodes",
+    errors.NackError: "{where} nacked the message (a full queue, or a cluster without a leader)",
     errors.UnroutableError: "{where} had no queue 'hello' for the message (it was deleted)",
-    errors.ConnectionBlockedTimeout: "{where} blocked publishers (a memory or disk alarm) for "
-    "{node.blocked_connection_timeout} s: free memory or disk there (rabbitmq-diagnostics alarms)",
+    errors.ConnectionBlockedTimeout: "{where} blocked publishers for 10 s: a memory or disk alarm",
     errors.ChannelClosedByBroker: "{where} refused: {cause.reply_text}",
-    (NoAnswer, TimeoutError, socket.timeout): "No answer from {where} ({cause}): the network "
+    (TimeoutError, socket.timeout): "No answer from {where} ({cause}): the network "
     "may be slow or cut or, in a cluster, the queue may have lost its majority of nodes",
     errors.AMQPConnectionError: "Lost the connection to {where} ({cause!r})",
-    KeyboardInterrupt: "Interrupted (Ctrl+C)",
+    KeyboardInterrupt: "Interrupted (Ctrl+C, SIGTERM or SIGHUP)",
     UnicodeError: "The message is not valid text ({cause.reason})",
     BaseException: "Cannot use {where} ({cause!r})",
 }
@@ -241,4 +247,9 @@ if __name__ == "__main__":
     sys.stdout = sys.stdout or sys.stderr or open(os.devnull, "w")
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+    # SIGTERM (docker stop, systemd, kill) and SIGHUP (the terminal closed) end send.py as
+    # Ctrl+C does, with a line on the message; breakpoint() turns the bound off (debugged).
+    for name in {"SIGINT", "SIGTERM", "SIGHUP"} & set(dir(signal)):  # Windows has no SIGHUP
+        signal.signal(getattr(signal, name), signal.default_int_handler)
+    sys.breakpointhook = breakpoint_seen
     send()

@@ -27,6 +27,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 MAX_MESSAGE_SIZE = 65536
 # The password in URLs of failing runs: no output may show it.
 PASSWORD = "s3cret-pw"
+# What receive.py says when Ctrl+C, SIGTERM or SIGHUP stops it.
+STOPPED = "Stopped; what was not printed stays queued."
 
 
 def preload(channel, count):
@@ -66,6 +68,15 @@ def settled_count(channel, queue="hello", seconds=1.0):
 
 def received(lines):
     return {line for line in lines if line.startswith(" [x] Received")}
+
+
+def wait_until_consuming(channel, consumers=1, timeout=20):
+    """Wait until "hello" has this many consumers: receive.py prints its Waiting line just
+    before it asks for the queue's messages."""
+    deadline = time.monotonic() + timeout
+    while channel.queue_declare("hello", passive=True).method.consumer_count < consumers:
+        assert time.monotonic() < deadline, "receive.py did not start consuming"
+        time.sleep(0.05)
 
 
 def wait_for_received(receiver, expected, timeout):
@@ -307,10 +318,12 @@ class Receiver:
         self.process.send_signal(signum)
 
     def ctrl_c(self):
-        """Stop it as a learner does: it must still be running, and end with status 0."""
+        """Stop it as a learner does: it must still be running, and end with status 0 and
+        its line on stopping, the last it says."""
         assert self.process.poll() is None, f"receive.py stopped by itself: {self.stderr}"
         self.signal(signal.SIGINT)
         assert self.finish() == 0
+        assert self.stderr_lines[-1] == STOPPED
 
     def finish(self, timeout=15):
         """Wait for exit; gather every remaining line. Returns the exit status."""

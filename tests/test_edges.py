@@ -18,7 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PROJECT, ScriptRunner, patched_script, preload, received, settled_count
+from conftest import (
+    PROJECT,
+    STOPPED,
+    ScriptRunner,
+    patched_script,
+    preload,
+    received,
+    settled_count,
+)
 from fault_proxy import FaultProxy
 from private_broker import free_port
 
@@ -167,9 +175,10 @@ def test_receiver_says_so_when_the_queue_does_not_answer(broker, amqp, tmp_path)
         runner.stop_all()
         proxy.stop()
 
-    assert receiver.lines == []
+    assert receiver.lines == [WAITING]  # said before it asks for the messages
     assert receiver.stderr_lines == [
-        f"No answer from the queue 'hello' at 127.0.0.1:{proxy.port} in 2 s; waiting."
+        f"No answer from the queue 'hello' at 127.0.0.1:{proxy.port} in 2 s; waiting.",
+        STOPPED,
     ]
 
 
@@ -224,7 +233,8 @@ def test_receiver_prints_every_message_whichever_frame_breaks_the_connection(bro
             proxy.stop()
         assert proxy.acted.is_set(), f"the run never came to {at}"
         assert "Traceback" not in receiver.stderr
-        assert len(receiver.stderr_lines) <= 1, (at, action, receiver.stderr)
+        assert receiver.stderr_lines[-1] == STOPPED
+        assert len(receiver.stderr_lines) <= 2, (at, action, receiver.stderr)
         assert received(receiver.lines) == expected
 
 
@@ -325,7 +335,7 @@ def test_when_no_node_answers_the_line_names_the_last_one_tried(scripts, script)
     line = scripts.failure_line(script, {"AMQP_URL": url})
 
     assert line.startswith(
-        f"Cannot connect to RabbitMQ at 127.0.0.1:{ports[1]}: connection refused."
+        f"Cannot connect to RabbitMQ at 127.0.0.1:{ports[1]}: connection refused (README.md"
     )
 
 
@@ -460,4 +470,4 @@ def test_an_empty_amqp_url_means_the_default_broker(scripts, script):
 
     line = scripts.failure_line(script, {"AMQP_URL": ""})
 
-    assert line.startswith("Cannot connect to RabbitMQ at localhost:5672: connection refused.")
+    assert line.startswith("Cannot connect to RabbitMQ at localhost:5672: connection refused (")

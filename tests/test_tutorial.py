@@ -5,6 +5,8 @@ import signal
 import pika
 import pytest
 
+from conftest import STOPPED
+
 WAITING = " [*] Waiting for messages. To exit press CTRL+C"
 
 
@@ -111,4 +113,4 @@ def test_sigint_stops_a_receiver_that_a_script_started_in_the_background(scripts
     receiver.signal(signal.SIGINT)
 
     assert receiver.finish() == 0
-    assert receiver.stderr == ""
+    assert receiver.stderr_lines == [STOPPED]

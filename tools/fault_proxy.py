@@ -13,7 +13,7 @@ heartbeat that comes in between shifts nothing. There it acts:
 
 Only the first time frame `at` comes does it act; later connections pass untouched, so a
 script that reconnects through the proxy gets through. `seen` lists every frame read:
-(number from 0, direction ">" or "<", name).
+(number from 0, direction ">" or "<", name); `seen_at`, when each was read.
 """
 
 import socket
@@ -46,6 +46,8 @@ METHODS = {
     (60, 11): "Basic.QosOk",
     (60, 20): "Basic.Consume",
     (60, 21): "Basic.ConsumeOk",
+    (60, 30): "Basic.Cancel",
+    (60, 31): "Basic.CancelOk",
     (60, 40): "Basic.Publish",
     (60, 50): "Basic.Return",
     (60, 60): "Basic.Deliver",
@@ -53,6 +55,7 @@ METHODS = {
     (60, 71): "Basic.GetOk",
     (60, 72): "Basic.GetEmpty",
     (60, 80): "Basic.Ack",
+    (60, 90): "Basic.Reject",
     (60, 120): "Basic.Nack",
     (85, 10): "Confirm.Select",
     (85, 11): "Confirm.SelectOk",
@@ -74,6 +77,7 @@ class FaultProxy:
         self.target, self.at, self.action, self.delay = target, at, action, delay
         self.port = free_port()
         self.seen = []
+        self.seen_at = []  # by time.monotonic()
         self.acted = threading.Event()
         self._lock = threading.Lock()
         self._sockets = []
@@ -143,6 +147,7 @@ class FaultProxy:
             if sink in self._silenced:
                 return True  # read on, pass nothing
             self.seen.append((len(self.seen), direction, name))
+            self.seen_at.append(time.monotonic())
             self._counts[name] = self._counts.get(name, 0) + 1
             act = (name, self._counts[name]) == self.at and not self.acted.is_set()
             if act:
