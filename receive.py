@@ -238,7 +238,7 @@ def use_existing_hello(connection, refusal):
         raise refusal
     run.own_queue = False
     note = f"Note: using the existing queue 'hello' ({refusal.reply_text})"
-    print(note, "- a stream gives only what is sent from now on", file=sys.stderr)
+    print(f"{note} - a stream gives only what is sent from now on", file=sys.stderr)
     return connection.channel()
 
 
@@ -273,12 +273,12 @@ def explain(error, node):
     inner = error.args[0] if type(error) is errors.AMQPConnectionError and error.args else None
     cause = getattr(inner, "exception", error)
     template = next(FAILURES[kind] for kind in FAILURES if isinstance(cause, kind))
-    line = template.format(where=f"RabbitMQ at {node.host}:{node.port}", node=node, cause=cause)
+    said = template.format(where=f"RabbitMQ at {node.host}:{node.port}", node=node, cause=cause)
     held_up = time.monotonic() - run.ran if run.channel else 0  # see ack_once_printed
     if isinstance(error, errors.AMQPConnectionError) and held_up > 5:  # pika's loop stood still
         why = f"receive.py sent no heartbeat for {held_up:.0f} s (its output not read, or paused)"
-        line = f"{line[:-1]} after {why}: what it printed since its last ack comes again."
-    return line
+        return f"{said[:-1]} after {why}: what it printed since its last ack comes again."
+    return said
 
 
 if __name__ == "__main__":

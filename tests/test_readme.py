@@ -49,6 +49,11 @@ def printed(script):
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
             assigned[node.targets[0].id] = node.value
+        # The line receive.py stops with: line, status = "Stopped; ...", 0
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "(line, status)":
+            said = node.value.elts[0] if isinstance(node.value, ast.Tuple) else None
+            if isinstance(said, (ast.Constant, ast.JoinedStr)):
+                lines.add(as_pattern(said))
     reasons |= {as_pattern(value, template=True) for value in assigned["FAILURES"].values}
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name in ("explain", "reason"):

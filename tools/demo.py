@@ -28,16 +28,17 @@ WAIT = 10  # seconds for receive.py to show a line
 def main():
     # Line by line, even into a pipe: the scripts' own lines go straight to the same stdout.
     sys.stdout.reconfigure(line_buffering=True)
-    url = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
+    url = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
+    tried = "AMQP_URL" if os.environ.get("AMQP_URL") else "localhost:5672"
     private = None
     if not answers(url):
         server = find_server()
         if server is None:
             sys.exit(
-                "No RabbitMQ answers at AMQP_URL and none is installed here: start one "
+                f"No RabbitMQ answers at {tried}, and none is installed here: start one "
                 "(README.md, 'The same by hand', step 1), then run make demo again."
             )
-        print("No RabbitMQ answers at AMQP_URL: starting a throwaway one for this demo.")
+        print(f"No RabbitMQ answers at {tried}: starting a throwaway one for this demo.")
         private = PrivateBroker(server, tempfile.mkdtemp(prefix="hello-demo-"))
         try:
             private.start()
@@ -78,6 +79,7 @@ def run_pair(env):
                 "receive.py running? It may have taken the message."
             )
     finally:
+        print("terminal 1 $ [Ctrl+C]", flush=True)  # receive.py says it stopped, on stderr
         receiver.send_signal(signal.SIGINT)
         receiver.wait(10)
 
