@@ -7,6 +7,7 @@ AMQP_URL=amqp://user:password@host:5672/vhost, or the nodes of a cluster separat
 """
 
 import contextlib
+import io
 import itertools
 import os
 import re
@@ -26,8 +27,9 @@ AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
 # stays in the queue, yet wide enough that the broker seldom waits for our acks. It is also
 # the most that a stop can give back to the queue (see let_go).
 PREFETCH = 2000
-# While no message comes for this many seconds, ask the queue for one: a node cut off from
-# the rest of its cluster can no longer serve it, and says so (see ack_once_printed).
+# After this many seconds without an acknowledgement, ask the queue for a message: a node
+# cut off from the rest of its cluster can no longer serve it, and says so (see
+# ack_once_printed).
 CHECK_EVERY = 10
 
 
@@ -45,10 +47,10 @@ def main(node):
         print(f" [x] Received {body.decode(errors='surrogateescape')!r}")
         ack(method.delivery_tag)  # the broker keeps the message until it is printed
 
-    # ack() acknowledges messages in bursts; while none comes, it checks the queue answers.
-    ack = ack_once_printed(channel, callback, node)
-
     channel.basic_qos(prefetch_count=PREFETCH)
+    # ack() acknowledges messages in bursts; while none comes, it checks the queue answers.
+    ack = ack_once_printed(channel, node)
+
     # Said before consuming: a stdout that cannot take this line takes no message either.
     print(" [*] Waiting for messages. To exit press CTRL+C", flush=True)
     with warning_if_no_answer(node):
@@ -63,13 +65,14 @@ def main(node):
 # ---------------------------------------------------------------------------------------
 
 # The state of the run, where main() is: the channel it consumes on (None until it has
-# one), whether "hello" is the queue declared here, the last message printed and not yet
-# acknowledged, how many messages came, when pika's loop last ran and when receive.py last
-# acknowledged (by time.monotonic()), and whether it is stopping: it then prints nothing.
+# one), whether "hello" is the queue declared here, whether a node ever took receive.py,
+# whether it is stopping (it then prints nothing), and when it last said why it goes on.
+# ack_once_printed adds the last message printed and not yet acknowledged, and when
+# pika's loop last ran and receive.py last acknowledged (by time.monotonic()).
 run = types.SimpleNamespace(channel=None, own_queue=True, served=False, stopping=False, said=-60.0)
 
 
-def ack_once_printed(channel, callback, node):
+def ack_once_printed(channel, node):
     """A function that acknowledges a message once its line is out: after each burst of
     deliveries, one flush of stdout, then one ack for the whole burst (multiple=True), as
     flushing and acknowledging every message on its own would be several times slower.
@@ -80,9 +83,10 @@ def ack_once_printed(channel, callback, node):
     error that ends the connection (541 INTERNAL_ERROR), so that keep_receiving goes on
     with the next node. Only on the quorum queue declared here: it hands a get a message
     only when no consumer has room for it in its prefetch, and receive.py, idle, has, so
-    the get takes nothing out of turn; what it does take is printed as a delivery is. An
-    older "hello" may be a stream, which has no get, or have a single active consumer,
-    whose turn a get would take."""
+    the get takes nothing from another consumer. Should a burst larger than the prefetch
+    come just then, the message the get takes is printed at once, before the burst, and
+    acknowledged alone. An older "hello" may be a stream, which has no get, or have a
+    single active consumer, whose turn a get would take."""
     run.channel, run.served, run.printed, run.acked = channel, True, None, time.monotonic()
 
     def flush_and_ack():
@@ -104,8 +108,9 @@ def ack_once_printed(channel, callback, node):
             run.acked = run.ran
             with warning_if_no_answer(node, 70):  # RabbitMQ answers within net_ticktime + 5 s
                 method, properties, body = channel.basic_get("hello")
-            if method:
-                callback(channel, method, properties, body)
+            if method:  # not ack(): its multiple ack would take what is still to be printed
+                print(f" [x] Received {body.decode(errors='surrogateescape')!r}", flush=True)
+                channel.basic_ack(method.delivery_tag)
         channel.connection.call_later(1, every_second)
 
     every_second()  # pika's timers fire only in start_consuming(): the next one after it starts
@@ -134,12 +139,12 @@ def let_go():
     toward a quorum queue's delivery limit; it does count a reject, and each message that
     a closing connection takes back. When receive.py stops (run.stopping), it first cancels
     its consumer, so that nothing given back comes straight back to it. Before that, what
-    has arrived is handed to the callback, which prints nothing now: else pika would
-    reject it, cancelling. On any error, the closing connection gives back the rest."""
+    has arrived is handed to the callback, whose lines now stay in stdout's buffer unwritten:
+    else pika would reject it, cancelling (as it does what comes after the cancel, if any).
+    On any error, the closing connection gives back the rest."""
     channel, run.channel, run.own_queue = run.channel, None, True
     with contextlib.suppress(Exception):
         if run.stopping and channel.consumer_tags:  # set by __main__
-            sys.stdout = None  # print() writes nothing while it is None
             channel.connection.sleep(0.25)  # pika hands the callback what has arrived
             channel.basic_cancel(channel.consumer_tags[0])
         if channel.is_open:
@@ -151,38 +156,26 @@ def keep_receiving():
     """Run main() on the nodes of AMQP_URL in turn for as long as receive.py runs: when one
     cannot be used or fails it, go on with the next, round the list. The longer no node
     has taken receive.py, the longer it waits before the next: a third of that time, from
-    0.3 s (a restarted broker is followed at once) up to 30 s (a refused login does not
-    flood the broker's log). Return the line to stop with: for an error that every node
-    would give (stops()), or when no node could be used in the first round. Once
-    receive.py has been consuming, say why it goes on."""
+    0.3 s (the first retry, so that a restarted broker is soon followed) up to 30 s (a
+    refused login does not flood the broker's log). Return the line to stop with: for an
+    error that every node would give (see explain), or when no node could be used in the
+    first round. Once receive.py has been consuming, say why it goes on."""
     nodes, failing_since = node_parameters(), time.monotonic()
     for attempt, node in enumerate(itertools.cycle(nodes), 1):
         try:
             main(node)  # it returns when RabbitMQ cancelled the consumer: that is what it means
             say("Note: RabbitMQ cancelled the consumer ('hello' deleted?); declaring it again.")
         except Exception as error:
-            if stops(error) or not run.served and attempt == len(nodes):
-                return explain(error, node)
+            line, final = explain(error, node)
+            if final or not run.served and attempt == len(nodes):
+                return line
             if run.served:
-                say(f"{explain(error, node)} Trying again.")
+                say(f"{line} Trying again.")
         failing_since = time.monotonic() if run.channel else failing_since  # a node took it
         let_go()
         # Not at once: a queue not found (404) may be one that RabbitMQ 4.3 is deleting in two
         # steps, between which a declare finds the old queue, the consume after it none.
         time.sleep(min(30, max(0.3, (time.monotonic() - failing_since) / 3)))
-
-
-def stops(error):
-    """Whether receive.py stops at `error`, whatever node it tries: stdout failed, or RabbitMQ
-    refused what receive.py asked of the queue, but for a queue not found (404). Any other
-    error tries the next node: a refused virtual host (530) may be down on this node only,
-    and pika reports a connection lost while logging in as it does a refused login (403);
-    when every node refuses the login, as a wrong password is by each, no node was used in
-    the first round, and that stops it too. (The timers touch no closed channel, so that a
-    refusal reaches here as ChannelClosedByBroker.)"""
-    if isinstance(error, errors.ChannelClosedByBroker):
-        return error.reply_code != 404
-    return isinstance(error, OSError) and run.channel is not None  # stdout's: see explain
 
 
 def say(line, every=60):
@@ -238,7 +231,7 @@ def use_existing_hello(connection, refusal):
         raise refusal
     run.own_queue = False
     note = f"Note: using the existing queue 'hello' ({refusal.reply_text})"
-    print(f"{note} - a stream gives only what is sent from now on", file=sys.stderr)
+    print(f"{note}; if it is a stream, only what is sent from now on is printed", file=sys.stderr)
     return connection.channel()
 
 
@@ -263,44 +256,56 @@ FAILURES = {
 }
 
 
-def explain(error, node):
-    """One line for the learner: what went wrong and what to do. Never the password. A
-    connection lost while receive.py itself was held up says so: its stdout not read, or
-    the process paused, it sends RabbitMQ no heartbeat."""
-    if isinstance(error, OSError) and run.channel:  # from then on pika's errors are its own
-        return f"Cannot write to stdout ({error}): stopped; what was not printed stays queued."
+def explain(err, node):
+    """One line for the learner: what went wrong and what to do, never the password; and
+    whether receive.py stops there, whatever node it tries: stdout failed, or RabbitMQ
+    refused what receive.py asked of the queue, but for a queue not found (404). Any other
+    error tries the next node: a refused virtual host (530) may be down on this node only,
+    and pika reports a connection lost while logging in as it does a refused login (403);
+    when every node refuses the login, as a wrong password is by each, no node was used in
+    the first round, and that stops it too. (The timers touch no closed channel, so that a
+    refusal comes as ChannelClosedByBroker.) A connection dropped while receive.py itself
+    was held up says so: its stdout not read, or the process paused, it sent no heartbeat."""
+    if isinstance(err, OSError) and run.channel:  # from then on pika's errors are its own
+        return f"Cannot write to stdout ({err}): stopped; what was not printed stays queued.", True
     # pika wraps a failed TCP connect in AMQPConnectionError; the socket's error says more.
-    inner = error.args[0] if type(error) is errors.AMQPConnectionError and error.args else None
-    cause = getattr(inner, "exception", error)
+    inner = err.args[0] if type(err) is errors.AMQPConnectionError and err.args else None
+    cause = getattr(inner, "exception", err)
     template = next(FAILURES[kind] for kind in FAILURES if isinstance(cause, kind))
     said = template.format(where=f"RabbitMQ at {node.host}:{node.port}", node=node, cause=cause)
     held_up = time.monotonic() - run.ran if run.channel else 0  # see ack_once_printed
-    if isinstance(error, errors.AMQPConnectionError) and held_up > 5:  # pika's loop stood still
+    if isinstance(err, (errors.StreamLostError, errors.AMQPHeartbeatTimeout)) and held_up > 5:
         why = f"receive.py sent no heartbeat for {held_up:.0f} s (its output not read, or paused)"
-        return f"{said[:-1]} after {why}: what it printed since its last ack comes again."
-    return said
+        return f"{said[:-1]} after {why}: what it printed since its last ack comes again.", False
+    return said, isinstance(err, errors.ChannelClosedByBroker) and err.reply_code != 404
 
 
 if __name__ == "__main__":
-    # Lines go out in batches, each flushed before its messages are acknowledged
-    # (ack_once_printed); text the terminal cannot show is escaped rather than a crash.
+    # The lines of a burst wait in memory (up to 64 MiB), and go out at its end, flushed
+    # before they are acknowledged (ack_once_printed): a stdout that blocks or fails does
+    # so between bursts, never while pika hands one over (see let_go). Text the terminal
+    # cannot show is escaped rather than a crash.
     if sys.stdout is None:
         sys.exit("receive.py has no stdout to print messages to (it is closed): not started.")
-    if hasattr(sys.stdout, "reconfigure"):  # IDLE's stdout has none, and shows lines at once
-        sys.stdout.reconfigure(write_through=False, errors="backslashreplace")
-    # Each stops receive.py as Ctrl+C does, SIGINT even where the shell that started it in
-    # the background told it to be ignored.
+    if hasattr(sys.stdout, "buffer"):  # IDLE's stdout has none, and shows lines at once
+        out = io.BufferedWriter(getattr(sys.stdout.buffer, "raw", sys.stdout.buffer), 2**26)
+        sys.stdout = io.TextIOWrapper(out, sys.stdout.encoding, "backslashreplace")
+    # SIGTERM (docker stop, kill) and SIGHUP (the terminal closed) stop it as Ctrl+C does;
+    # SIGINT even where the shell that started it in the background told it to be ignored,
+    # SIGHUP not where nohup did.
     for name in {"SIGINT", "SIGTERM", "SIGHUP"} & set(dir(signal)):  # Windows has no SIGHUP
-        signal.signal(getattr(signal, name), signal.default_int_handler)
+        if name == "SIGINT" or signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
+            signal.signal(getattr(signal, name), signal.default_int_handler)
     try:
         line, status = keep_receiving(), 1
     except KeyboardInterrupt:  # Ctrl+C, or a signal above: a clean stop, exit status 0
         line, status = "Stopped; what was not printed stays queued.", 0
     except UnusableURL as error:
         line, status = FAILURES[UnusableURL].format(cause=error), 1
+    threading.Timer(5, os._exit, [status]).start()  # a bound on saying and giving back
     with contextlib.suppress(BaseException):  # stderr may fail too, or a second Ctrl+C come
         print(line, file=sys.stderr, flush=True)
-        threading.Timer(5, os._exit, [status]).start()  # a bound on giving back (let_go)
+    with contextlib.suppress(BaseException):
         run.stopping = True
         let_go()
     os._exit(status)  # nothing more to flush: a stdout that failed would only fail again

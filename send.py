@@ -43,7 +43,7 @@ def main(node):
         channel = use_existing_hello(connection, refusal)
 
     # With confirms, basic_publish returns only once the broker has stored the message,
-    # and raises if it did not (mandatory=True: also when no queue took it).
+    # and raises if it refused it (mandatory=True: also when no queue took it).
     channel.confirm_delivery()
     reached(UNKNOWN)  # from here on RabbitMQ may have the message (see below)
     channel.basic_publish(
@@ -67,11 +67,12 @@ def main(node):
 
 # How far the message got, where main() is: NOT_SENT until basic_publish starts, UNKNOWN
 # while it waits for the confirm, SENT once RabbitMQ has confirmed it. The node in use, and
-# whether a debugger has been seen: one tracing send.py from the start (python -m pdb).
+# whether a debugger has been seen: one tracing send.py from the start (python -m pdb), or
+# since (debugger_seen).
 run = types.SimpleNamespace(fate=NOT_SENT, node=None, debugged=sys.gettrace() is not None)
 # Taken by whichever thread ends the run, and never given back: the other thread stops at
-# its next step, so that only one line is said, and nothing is published after it. main()
-# takes it once RabbitMQ confirmed the message: from then on, main() ends the run.
+# its next step, so that only one line is said, and nothing is published after a line that
+# says it was not. main() takes it once RabbitMQ confirmed the message: it ends the run.
 ENDING = threading.RLock()
 
 
@@ -92,8 +93,7 @@ def send():
     nodes of a cluster share their users, so that a wrong password is refused by each."""
     threading.Timer(SEND_TIMEOUT, bound_the_wait).start()
     try:
-        nodes = node_parameters()
-        for node in nodes:
+        for node in (nodes := node_parameters()):
             run.node, run.fate = node, NOT_SENT  # nothing is in flight between nodes
             try:
                 main(node)
@@ -107,12 +107,12 @@ def send():
 
 def end(error):
     """Exit with the message's fate as the status, and one true line about it on stderr
-    unless it was sent and its " [x] Sent" line was written."""
+    unless main() ended well: it sent the message and said so."""
     ENDING.acquire()  # never released: see ENDING
     run.fate = status = fate(error)
     try:  # whatever happens here (stderr may fail too), the run ends with its status
-        if status != SENT or isinstance(error, OSError):  # once sent, only print raises OSError
-            why = reason(error) if status != SENT else error
+        if error is not None:  # once sent, only print raises an OSError
+            why = f"stdout failed ({error})" if isinstance(error, OSError) else reason(error)
             print(OUTCOMES[status].format(why), file=sys.stderr, flush=True)
     finally:
         os._exit(status)  # not sys.exit, which would try to flush a failed stdout once more
@@ -130,22 +130,30 @@ def fate(error):
 def bound_the_wait():
     """End send.py once it has waited SEND_TIMEOUT seconds, with a line on what became of the
     message, unless a debugger has been seen: it may pause send.py for as long as it likes
-    (breakpoint() was called, or a debugger traces this thread too, or is registered with
-    sys.monitoring, on Python 3.12 and later). A thread, as pika's call_later timers do not
-    fire while basic_publish waits. If main() holds ENDING (the message is sent, or main()
-    ends the run) for another second, main() is ending the run: its status is final."""
+    (see debugger_seen; a debugger registered with sys.monitoring, on Python 3.12 and
+    later, is asked for here). A thread, as pika's call_later timers do not fire while
+    basic_publish waits. If main() holds ENDING (the message is sent, or main() ends the
+    run) for another second, main() is ending the run: its status is final."""
     mon = getattr(sys, "monitoring", None)
-    if run.debugged or sys.gettrace() or mon and mon.get_tool(mon.DEBUGGER_ID) is not None:
+    if run.debugged or mon and mon.get_tool(mon.DEBUGGER_ID) is not None:
         return
     if ENDING.acquire(timeout=1):
-        end(TimeoutError(f"in {SEND_TIMEOUT} s"))
+        end(NoAnswer(f"in {SEND_TIMEOUT} s"))
+    if run.fate == SENT:  # whether its " [x] Sent" line is out or not, this much is sure
+        print(OUTCOMES[SENT].format("send.py did not end in time"), file=sys.stderr, flush=True)
     os._exit(run.fate)
 
 
-def breakpoint_seen(*args, **kwargs):
-    """breakpoint() calls this (sys.breakpointhook): no bound from here on."""
-    run.debugged = True
-    return sys.__breakpointhook__(*args, **kwargs)
+class NoAnswer(Exception):
+    """send.py waited SEND_TIMEOUT seconds: not an OSError, which only print raises once the
+    message was sent."""
+
+
+def debugger_seen(event, args):
+    """An audit hook: Python announces each breakpoint(), and each debugger that starts to
+    trace (sys.settrace, as pdb and an IDE's do, in any thread): no bound from then on."""
+    if event in ("builtins.breakpoint", "sys.settrace"):
+        run.debugged = True
 
 
 def node_parameters():
@@ -197,7 +205,7 @@ def use_existing_hello(connection, refusal):
 
 errors = pika.exceptions
 OUTCOMES = {
-    SENT: "The message was sent (RabbitMQ confirmed it), but stdout failed ({})",
+    SENT: "The message was sent (RabbitMQ confirmed it), but {}",
     NOT_SENT: "{}. The message was not sent.",
     UNKNOWN: "{}, while the message was being published: RabbitMQ may have stored it, and "
     "sending it again may deliver it twice.",
@@ -221,7 +229,7 @@ FAILURES = {
     errors.UnroutableError: "{where} had no queue 'hello' for the message (it was deleted)",
     errors.ConnectionBlockedTimeout: "{where} blocked publishers for 10 s: a memory or disk alarm",
     errors.ChannelClosedByBroker: "{where} refused: {cause.reply_text}",
-    (TimeoutError, socket.timeout): "No answer from {where} ({cause}): the network "
+    (NoAnswer, TimeoutError, socket.timeout): "No answer from {where} ({cause}): the network "
     "may be slow or cut or, in a cluster, the queue may have lost its majority of nodes",
     errors.AMQPConnectionError: "Lost the connection to {where} ({cause!r})",
     KeyboardInterrupt: "Interrupted (Ctrl+C, SIGTERM or SIGHUP)",
@@ -248,8 +256,9 @@ if __name__ == "__main__":
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     # SIGTERM (docker stop, systemd, kill) and SIGHUP (the terminal closed) end send.py as
-    # Ctrl+C does, with a line on the message; breakpoint() turns the bound off (debugged).
+    # Ctrl+C does, with a line on the message; SIGHUP not where nohup told it to be ignored.
     for name in {"SIGINT", "SIGTERM", "SIGHUP"} & set(dir(signal)):  # Windows has no SIGHUP
-        signal.signal(getattr(signal, name), signal.default_int_handler)
-    sys.breakpointhook = breakpoint_seen
+        if name == "SIGINT" or signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
+            signal.signal(getattr(signal, name), signal.default_int_handler)
+    sys.addaudithook(debugger_seen)
     send()

@@ -99,9 +99,10 @@ def test_breakpoint_in_main_is_not_cut_off_by_the_bound(scripts, amqp, tmp_path)
         text=True,
     )
     time.sleep(4)
-    stdout, stderr = pdb.communicate("c\n", timeout=30)
+    stdout, stderr = pdb.communicate("p message\nc\n", timeout=30)
 
     assert pdb.returncode == 0, stderr
+    assert "(Pdb) 'looked at'\n" in stdout  # pdb stopped in main(), where the message is
     assert " [x] Sent 'looked at'" in stdout
     assert stderr == ""
     assert settled_count(amqp) == 1
@@ -154,4 +155,46 @@ def test_refused_again_and_again_a_receiver_waits_longer_each_round(broker, retr
     assert again and again[0] < 1.5
     lines = receiver.stderr_lines[:-1]  # before the line on stopping
     assert len(lines) <= 3, lines  # at most one a minute
-    assert lines[0].startswith(f"Lost the connection to RabbitMQ at 127.0.0.1:{proxy.port} (")
+    assert all(line.startswith(("Note: RabbitMQ cancelled", "Lost the")) for line in lines)
+
+
+def under_nohup(args, env):
+    """A script started as nohup starts it: with SIGHUP ignored, to outlive the terminal."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=PROJECT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+
+
+def test_under_nohup_sighup_does_not_stop_the_receiver(scripts, amqp):
+    receiver = under_nohup(["receive.py"], scripts.env)
+    try:
+        assert receiver.stdout.readline() == WAITING + "\n"
+        receiver.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert receiver.poll() is None, "SIGHUP stopped receive.py under nohup"
+        receiver.send_signal(signal.SIGINT)
+        assert receiver.wait(10) == 0
+    finally:
+        receiver.kill()
+
+
+def test_under_nohup_sighup_does_not_stop_send(broker, amqp):
+    fresh_hello(amqp)
+    proxy = FaultProxy(broker.port, ("Basic.Ack", 1), "delay", 3)  # the confirm comes late
+    try:
+        sender = under_nohup(["send.py", "m"], ScriptRunner(proxy.url()).env)
+        assert proxy.acted.wait(10)
+        sender.send_signal(signal.SIGHUP)  # while it waits for the confirm
+        stdout, stderr = sender.communicate(timeout=20)
+    finally:
+        proxy.stop()
+
+    done = subprocess.CompletedProcess(sender.args, sender.returncode, stdout, stderr)
+    assert send_fate(done, amqp) == "sent"

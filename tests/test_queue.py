@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import pika
 import pytest
 from test_edges import fresh_hello, run_with_failing_stdout
 
@@ -26,6 +27,7 @@ from conftest import (
     patched_script,
     preload,
     settled_count,
+    wait_for_received,
 )
 from fault_proxy import FaultProxy
 from private_broker import server_version
@@ -63,7 +65,7 @@ def test_a_stdout_that_fails_from_the_start_takes_no_message(broker, amqp, deliv
     assert settled_count(amqp) == 1, "a message receive.py never printed was dropped"
 
 
-def start_receiver_that_cannot_print(env, script="receive.py"):
+def start_receiver_that_cannot_print(env, stderr=subprocess.PIPE):
     """receive.py with a stdout pipe that nobody reads, with room for its Waiting line and
     no more: it takes messages, then blocks on printing them. The process, and the pipe's
     read end, to be closed once it has ended (closed earlier, the pipe fails instead)."""
@@ -71,27 +73,28 @@ def start_receiver_that_cannot_print(env, script="receive.py"):
     fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)
     os.write(write_end, b"-" * (4096 - len(WAITING) - 2))  # a line of a message: no room
     process = subprocess.Popen(
-        [sys.executable, script],
+        [sys.executable, "receive.py"],
         cwd=PROJECT,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=write_end,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
     os.close(write_end)
     return process, read_end
 
 
-def stop_while_holding(broker, signum, held):
+def stop_while_holding(broker, signum, held, stderr=subprocess.PIPE):
     """Start receive.py, wait until RabbitMQ has handed it `held` messages it cannot print,
     stop it with `signum`: its status, its stderr, and the frames it sent."""
     proxy = FaultProxy(broker.port)
-    process, read_end = start_receiver_that_cannot_print(ScriptRunner(proxy.url()).env)
+    env = ScriptRunner(proxy.url()).env
+    process, read_end = start_receiver_that_cannot_print(env, stderr)
     try:
         deadline = time.monotonic() + 20
         while sum(1 for _, _, name in proxy.seen if name == "Basic.Deliver") < held:
-            assert process.poll() is None, process.stderr.read()
+            assert process.poll() is None, "receive.py ended by itself"
             assert time.monotonic() < deadline, "RabbitMQ handed receive.py too few messages"
             time.sleep(0.05)
         time.sleep(0.3)  # receive.py is blocked on its stdout now
@@ -106,13 +109,16 @@ def stop_while_holding(broker, signum, held):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("held", [30, 500])
 def test_a_stopped_receiver_gives_back_what_it_did_not_print_without_a_reject(
-    broker, amqp, signum
+    broker, amqp, signum, held
 ):
+    # 30 lines fit in stdout's buffer of old; 500 come in one read of pika's, and are more
+    # lines than that buffer took, so that a blocked stdout cut the burst short.
     fresh_hello(amqp)
-    preload(amqp, 30)
+    preload(amqp, held)
 
-    status, stderr, sent = stop_while_holding(broker, signum, 30)
+    status, stderr, sent = stop_while_holding(broker, signum, held)
 
     assert (status, stderr) == (0, STOPPED + "\n")
     # Given back the way no RabbitMQ counts twice, nor 4.3 at all: the consumer cancelled,
@@ -121,6 +127,24 @@ def test_a_stopped_receiver_gives_back_what_it_did_not_print_without_a_reject(
     assert "Basic.Ack" not in sent
     cancel = sent.index("Basic.Cancel")
     assert sent[cancel:] == ["Basic.Cancel", "Basic.Nack", "Channel.Close", "Connection.Close"]
+    assert settled_count(amqp) == held
+
+
+def test_a_receiver_whose_stderr_fails_still_gives_back_what_it_held(broker, amqp):
+    # The terminal closed (SIGHUP): the line on stopping cannot be said; the give-back
+    # happens all the same.
+    fresh_hello(amqp)
+    preload(amqp, 30)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        status, _, sent = stop_while_holding(broker, signal.SIGHUP, 30, stderr=write_end)
+    finally:
+        os.close(write_end)
+
+    assert status == 0
+    assert "Basic.Reject" not in sent
+    assert sent[sent.index("Basic.Cancel") :][:2] == ["Basic.Cancel", "Basic.Nack"]
     assert settled_count(amqp) == 30
 
 
@@ -170,29 +194,33 @@ def test_an_existing_stream_hello_gets_one_line_and_no_loop(scripts, amqp, tmp_p
     receiver.ctrl_c()
     note, stopped = receiver.stderr_lines
     assert note.startswith("Note: using the existing queue 'hello' (PRECONDITION_FAILED")
-    assert note.endswith(" - a stream gives only what is sent from now on")
+    assert note.endswith("); if it is a stream, only what is sent from now on is printed")
     assert receiver.lines == [WAITING, " [x] Received 'sent while it reads'"]
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_an_existing_hello_with_a_single_active_consumer_takes_no_turn(
-    scripts, amqp, tmp_path, queue_type
+    scripts, broker, amqp, tmp_path, queue_type
 ):
     arguments = {"x-queue-type": queue_type, "x-single-active-consumer": True}
     amqp.queue_declare("hello", durable=True, arguments=arguments)
-    taken = []  # by another program, the active consumer
-    tag = amqp.basic_consume("hello", lambda ch, m, p, body: taken.append(body), auto_ack=True)
+    # Another program, the active consumer, takes one message at a time and is slow to
+    # acknowledge it: the others wait in the queue, ready, for its turn.
+    other = pika.BlockingConnection(broker.parameters).channel()
+    other.basic_qos(prefetch_count=1)
+    taken = []
+    other.basic_consume("hello", lambda ch, method, p, body: taken.append(body))
     receiver = scripts.start_receiver(script=patched_script(tmp_path, "receive.py", CHECK_OFTEN))
     receiver.wait_until_ready()
 
     for number in range(5):
         assert scripts.send(f"turn {number}").returncode == 0
-    amqp.connection.process_data_events(time_limit=3)  # more than a check's worth
+    other.connection.process_data_events(time_limit=3)  # more than a check's worth
 
-    assert taken == [f"turn {number}".encode() for number in range(5)]
+    assert taken == [b"turn 0"]
     assert receiver.lines == [WAITING]  # nothing taken out of the other consumer's turn
-    amqp.basic_cancel(tag)  # receive.py's turn now
-    assert scripts.send("its own turn").returncode == 0
-    assert receiver.wait_for_lines(2)[1] == " [x] Received 'its own turn'"
+    other.connection.close()  # its turn ends, and what it held goes back: receive.py's turn
+    expected = {f" [x] Received 'turn {number}'" for number in range(5)}
+    wait_for_received(receiver, expected, 20)
     receiver.ctrl_c()
     assert receiver.stderr_lines[0].startswith("Note: using the existing queue 'hello'")

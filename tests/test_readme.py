@@ -58,6 +58,8 @@ def printed(script):
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name in ("explain", "reason"):
             returns = [n.value for n in ast.walk(node) if isinstance(n, ast.Return)]
+            # receive.py's explain() returns (line, whether it stops).
+            returns = [r.elts[0] if isinstance(r, ast.Tuple) else r for r in returns]
             reasons |= {as_pattern(r) for r in returns if not isinstance(r, (ast.Call, ast.Name))}
         if not isinstance(node, ast.Call) or not node.args:
             continue
