@@ -106,13 +106,16 @@ def send():
 
 
 def end(error):
-    """Exit with the message's fate as the status, and one true line about it on stderr
-    unless main() ended well: it sent the message and said so."""
+    """Exit with the message's fate as the status, and one true line about it on stderr,
+    unless it was sent and said so: then only if stdout failed or a signal came, which may
+    have cut the " [x] Sent" line short (an error in closing the connection changes
+    nothing)."""
     ENDING.acquire()  # never released: see ENDING
     run.fate = status = fate(error)
     try:  # whatever happens here (stderr may fail too), the run ends with its status
-        if error is not None:  # once sent, only print raises an OSError
-            why = f"stdout failed ({error})" if isinstance(error, OSError) else reason(error)
+        if status != SENT or isinstance(error, (OSError, KeyboardInterrupt)):
+            stdout = status == SENT and isinstance(error, OSError)  # once sent, only print can
+            why = f"stdout failed ({error})" if stdout else reason(error)
             print(OUTCOMES[status].format(why), file=sys.stderr, flush=True)
     finally:
         os._exit(status)  # not sys.exit, which would try to flush a failed stdout once more
@@ -152,8 +155,7 @@ class NoAnswer(Exception):
 def debugger_seen(event, args):
     """An audit hook: Python announces each breakpoint(), and each debugger that starts to
     trace (sys.settrace, as pdb and an IDE's do, in any thread): no bound from then on."""
-    if event in ("builtins.breakpoint", "sys.settrace"):
-        run.debugged = True
+    run.debugged = run.debugged or event in ("builtins.breakpoint", "sys.settrace")
 
 
 def node_parameters():
