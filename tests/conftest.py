@@ -30,6 +30,12 @@ PASSWORD = "s3cret-pw"
 # What receive.py says when Ctrl+C, SIGTERM or SIGHUP stops it.
 STOPPED = "Stopped; what was not printed stays queued."
 
+# The scripts start with SIGHUP as a terminal gives it, even when pytest itself runs under
+# nohup: an ignored signal stays ignored in the programs a process starts, a handled one
+# does not. pytest still outlives a hangup.
+if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
+
 
 def preload(channel, count):
     """Put `count` numbered messages in "hello" and wait until the broker holds them."""

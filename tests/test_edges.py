@@ -128,6 +128,7 @@ def test_send_tells_the_truth_whichever_frame_breaks_the_connection(
     assert set(fates[confirmed + 1 :]) == {"sent"}
 
 
+@pytest.mark.script_logic
 def test_send_tells_the_truth_when_the_connection_goes_silent(broker, amqp, send_frames):
     # Sampled: each run waits for a handshake timeout or a heartbeat (up to 13 s).
     steps = ["protocol header", "Connection.TuneOk", "Queue.Declare", "body", "Basic.Ack"]
@@ -191,6 +192,7 @@ def test_receiver_says_so_when_the_queue_does_not_answer(broker, amqp, tmp_path)
     ]
 
 
+@pytest.mark.script_logic
 @pytest.mark.parametrize("step", ["Confirm.SelectOk", "Basic.Ack"])
 def test_send_says_one_true_thing_when_rabbitmq_answers_just_as_the_bound_ends(
     broker, amqp, bounded_send, step
@@ -269,6 +271,7 @@ def urls_with(draw, password, port):
     return draw(st.sampled_from([url, f"{down};{url}", f"{url};", f"{url};{down}"]))
 
 
+@pytest.mark.script_logic
 @settings(
     max_examples=100,
     deadline=None,

@@ -121,6 +121,7 @@ def logins(proxy):
     return [at for (_, _, name), at in zip(proxy.seen, proxy.seen_at) if name == "Connection.Open"]
 
 
+@pytest.mark.script_logic
 @pytest.mark.timeout(300)
 def test_refused_again_and_again_a_receiver_waits_longer_each_round(broker, retry_vhost):
     proxy = FaultProxy(broker.port)
