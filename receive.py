@@ -86,7 +86,8 @@ def ack_once_printed(channel, node):
     the get takes nothing from another consumer. Should a burst larger than the prefetch
     come just then, the message the get takes is printed at once, before the burst, and
     acknowledged alone. An older "hello" may be a stream, which has no get, or have a
-    single active consumer, whose turn a get would take."""
+    single active consumer, whose turn a get would take (a classic queue) or which refuses
+    a get (a quorum queue, 405 RESOURCE_LOCKED)."""
     run.channel, run.served, run.printed, run.acked = channel, True, None, time.monotonic()
 
     def flush_and_ack():
@@ -138,10 +139,12 @@ def let_go():
     and did not acknowledge: one nack for all, with requeue. RabbitMQ 4.3 does not count it
     toward a quorum queue's delivery limit; it does count a reject, and each message that
     a closing connection takes back. When receive.py stops (run.stopping), it first cancels
-    its consumer, so that nothing given back comes straight back to it. Before that, what
-    has arrived is handed to the callback, whose lines now stay in stdout's buffer unwritten:
-    else pika would reject it, cancelling (as it does what comes after the cancel, if any).
-    On any error, the closing connection gives back the rest."""
+    its consumer, so that nothing given back comes straight back to it. Before that, pika
+    hands what has arrived to the callback, whose lines now stay in stdout's buffer unwritten:
+    what pika still holds when cancelling, it rejects (as it does what comes after the
+    cancel). It still holds the rest of a burst when a signal stopped the callback in the
+    middle of one: pika hands that over only once another frame comes. On any error, the
+    closing connection gives back the rest."""
     channel, run.channel, run.own_queue = run.channel, None, True
     with contextlib.suppress(Exception):
         if run.stopping and channel.consumer_tags:  # set by __main__
@@ -202,7 +205,8 @@ def checked_node(url, which):
     shown: it may hold the password, or the password of a TLS key in ssl_options."""
     if not re.match("amqps?://", url, re.I):  # pika would take http:// too
         raise UnusableURL(f"{which} must begin with amqp:// or amqps://")
-    # A raw / ? # [ ] @ in the password ends it early; bytes that are not UTF-8 cannot log in.
+    # A raw / ? # [ ] in the password ends it early, a raw @ reads as two; and bytes that are
+    # not UTF-8 cannot log in.
     if re.search("@.*@|[/?#\\[\\]].*@|[\udc80-\udcff]", url.split("//", 1)[1]):
         raise UnusableURL(f"in {which}, encode / ? # [ ] @ and what is not UTF-8 as %XX")
     try:  # an IPv6 address without its ], or a port that is not a number up to 65535
