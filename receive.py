@@ -296,7 +296,7 @@ if __name__ == "__main__":
         sys.stdout = io.TextIOWrapper(out, sys.stdout.encoding, "backslashreplace")
     # SIGTERM (docker stop, kill) and SIGHUP (the terminal closed) stop it as Ctrl+C does;
     # SIGINT even where the shell that started it in the background told it to be ignored,
-    # SIGHUP not where nohup did.
+    # the other two not where they were to be ignored (as nohup does SIGHUP).
     for name in {"SIGINT", "SIGTERM", "SIGHUP"} & set(dir(signal)):  # Windows has no SIGHUP
         if name == "SIGINT" or signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
             signal.signal(getattr(signal, name), signal.default_int_handler)

@@ -259,7 +259,7 @@ if __name__ == "__main__":
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     # SIGTERM (docker stop, systemd, kill) and SIGHUP (the terminal closed) end send.py as
-    # Ctrl+C does, with a line on the message; SIGHUP not where nohup told it to be ignored.
+    # Ctrl+C does, with a line on the message; not where either is to be ignored (nohup: SIGHUP).
     for name in {"SIGINT", "SIGTERM", "SIGHUP"} & set(dir(signal)):  # Windows has no SIGHUP
         if name == "SIGINT" or signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
             signal.signal(getattr(signal, name), signal.default_int_handler)
