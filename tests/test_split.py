@@ -78,10 +78,13 @@ def heal(cluster, cut):
     cluster.heal(cut)
     if cluster.partition_handling == "mnesia-ignore":
         deadline = time.monotonic() + 60
-        while not cluster.running_nodes(cut)[1] and time.monotonic() < deadline:
-            time.sleep(1)  # until it sees the partition it must recover from
+        while time.monotonic() < deadline:  # until all see the partition to recover from
+            if all(cluster.running_nodes(node)[1] for node in cluster.nodes):
+                break
+            time.sleep(1)
         cut.ctl("stop_app")
-        cut.ctl("start_app")
+        # Its Mnesia may wait for the others' tables: up to 10 rounds of 30 s by default.
+        cut.ctl("start_app", timeout=330)
     cluster.wait_until_whole()
 
 

@@ -223,7 +223,7 @@ class PrivateBroker:
         self.stop()
         self.start()
 
-    def ctl(self, *args, tool="rabbitmqctl"):
+    def ctl(self, *args, tool="rabbitmqctl", timeout=60):
         """Run a CLI tool of the installed RabbitMQ against this node; its output."""
         done = subprocess.run(
             [*self.prefix, str(self.bin / tool), "-n", self.node, *args],
@@ -231,7 +231,7 @@ class PrivateBroker:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
         )
         assert done.returncode == 0, f"{tool} {' '.join(args)}: {done.stderr}"
         return done.stdout
