@@ -22,7 +22,7 @@ import urllib.parse
 
 import pika
 
-AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
+AMQP_URL = os.environ.get("AMQP_URL", "").strip("; ") or "amqp://guest:guest@localhost:5672/%2F"
 # How many unacknowledged messages the broker may hand us at once: a bound, so a backlog
 # stays in the queue, yet wide enough that the broker seldom waits for our acks. It is also
 # the most that a stop can give back to the queue (see let_go).
@@ -251,10 +251,10 @@ FAILURES = {
     errors.IncompatibleProtocolError: "{where} does not speak AMQP 0-9-1: for TLS, use amqps://.",
     socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL.",
     ConnectionRefusedError: "Cannot connect to {where}: connection refused (README.md, step 1).",
-    errors.ProbableAuthenticationError: "{where} refused user '{node.credentials.username}' "
-    "({cause}): check the user and password in AMQP_URL (guest may log in only from localhost).",
-    errors.ProbableAccessDeniedError: "{where} did not open the virtual host "
-    "'{node.virtual_host}' ({cause}): fix its name in AMQP_URL, or see to it on the broker.",
+    errors.ProbableAuthenticationError: "Cannot log in to {where} as '{node.credentials.username}'"
+    " ({cause}): check the user and password in AMQP_URL (guest may log in only from localhost).",
+    errors.ProbableAccessDeniedError: "Cannot open the virtual host '{node.virtual_host}' "
+    "on {where} ({cause}): fix its name in AMQP_URL, or see to it on the broker.",
     errors.AMQPConnectionError: "Lost the connection to {where} ({cause}).",
     BaseException: "Cannot use {where} ({cause!r}); what was not printed stays queued.",
 }

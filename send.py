@@ -23,7 +23,7 @@ import urllib.parse
 
 import pika
 
-AMQP_URL = os.environ.get("AMQP_URL") or "amqp://guest:guest@localhost:5672/%2F"
+AMQP_URL = os.environ.get("AMQP_URL", "").strip("; ") or "amqp://guest:guest@localhost:5672/%2F"
 # Whatever send.py waits for, it gives up after this many seconds (not once a debugger has
 # been seen: see bound_the_wait).
 SEND_TIMEOUT = 25
@@ -224,10 +224,10 @@ FAILURES = {
     errors.IncompatibleProtocolError: "{where} does not speak AMQP 0-9-1: for TLS, use amqps://",
     socket.gaierror: "Cannot find the host '{node.host}': check the host name in AMQP_URL",
     ConnectionRefusedError: "Cannot connect to {where}: connection refused (README.md, step 1)",
-    errors.ProbableAuthenticationError: "{where} refused user '{node.credentials.username}' "
-    "({cause}): check the user and password in AMQP_URL (guest may log in only from localhost)",
-    errors.ProbableAccessDeniedError: "{where} did not open the virtual host "
-    "'{node.virtual_host}' ({cause}): fix its name in AMQP_URL, or see to it on the broker",
+    errors.ProbableAuthenticationError: "Cannot log in to {where} as '{node.credentials.username}'"
+    " ({cause}): check the user and password in AMQP_URL (guest may log in only from localhost)",
+    errors.ProbableAccessDeniedError: "Cannot open the virtual host '{node.virtual_host}' "
+    "on {where} ({cause}): fix its name in AMQP_URL, or see to it on the broker",
     errors.NackError: "{where} nacked the message (a full queue, or a cluster without a leader)",
     errors.UnroutableError: "{where} had no queue 'hello' for the message (it was deleted)",
     errors.ConnectionBlockedTimeout: "{where} blocked publishers for 10 s: a memory or disk alarm",

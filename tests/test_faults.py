@@ -232,7 +232,7 @@ def test_no_broker_at_the_address_says_how_to_start_one(scripts, script):
 def test_wrong_password_names_the_user(scripts, broker, script):
     url = f"amqp://guest:{PASSWORD}@127.0.0.1:{broker.port}/%2F"
     line = scripts.failure_line(script, {"AMQP_URL": url})
-    assert f"RabbitMQ at 127.0.0.1:{broker.port} refused user 'guest'" in line
+    assert f"Cannot log in to RabbitMQ at 127.0.0.1:{broker.port} as 'guest' (" in line
     assert "(403) 'ACCESS_REFUSED" in line  # what RabbitMQ said
     assert "check the user and password" in line
 
@@ -246,7 +246,7 @@ def test_a_login_every_node_refuses_stops_at_once(scripts, broker, script):
     line = scripts.failure_line(script, {"AMQP_URL": ";".join(refused)})
 
     assert time.monotonic() - started < 5
-    assert f"RabbitMQ at 127.0.0.2:{broker.port} refused user 'guest'" in line
+    assert f"Cannot log in to RabbitMQ at 127.0.0.2:{broker.port} as 'guest' (" in line
 
 
 @BOTH
@@ -254,7 +254,7 @@ def test_unknown_virtual_host_says_what_rabbitmq_said(scripts, broker, script):
     url = f"amqp://guest:guest@127.0.0.1:{broker.port}/no-such-vhost"
     line = scripts.failure_line(script, {"AMQP_URL": url})
     assert (
-        f"RabbitMQ at 127.0.0.1:{broker.port} did not open the virtual host 'no-such-vhost'"
+        f"Cannot open the virtual host 'no-such-vhost' on RabbitMQ at 127.0.0.1:{broker.port} ("
         in line
     )
     assert "(530) 'NOT_ALLOWED - vhost no-such-vhost not found'" in line
@@ -274,7 +274,7 @@ def full_vhost(broker):
 def test_a_virtual_host_at_its_connection_limit_says_so(scripts, full_vhost, script):
     line = scripts.failure_line(script, {"AMQP_URL": full_vhost})
 
-    assert "did not open the virtual host 'full'" in line
+    assert "Cannot open the virtual host 'full' on RabbitMQ at " in line
     assert "connection limit (0) is reached" in line  # RabbitMQ's own words
 
 
