@@ -121,9 +121,10 @@ def ack_once_printed(channel, node):
 @contextlib.contextmanager
 def warning_if_no_answer(node, seconds=20):
     """Say so on stderr if the block still waits after `seconds`: a quorum queue that has
-    lost the majority of its nodes answers nothing until they are back, and then receive.py
-    goes on. A thread, as pika's timers (call_later) do not fire while a channel waits. A
-    wait for RabbitMQ is not receive.py being held up (run.ran)."""
+    lost the majority of its nodes may not answer until they are back, or for minutes before
+    it gives up with an error; either way receive.py then goes on. A thread, as pika's timers
+    (call_later) do not fire while a channel waits. A wait for RabbitMQ is not receive.py
+    being held up (run.ran)."""
     line = f"No answer from the queue 'hello' at {node.host}:{node.port} in {seconds} s; waiting."
     timer = threading.Timer(seconds, print, [line], {"file": sys.stderr})
     timer.start()
@@ -143,7 +144,7 @@ def let_go():
     hands what has arrived to the callback, whose lines now stay in stdout's buffer unwritten:
     what pika still holds when cancelling, it rejects (as it does what comes after the
     cancel). It still holds the rest of a burst when a signal stopped the callback in the
-    middle of one: pika hands that over only once another frame comes. On any error, the
+    middle of one: pika hands that over only once more comes for the channel. On any error, the
     closing connection gives back the rest."""
     channel, run.channel, run.own_queue = run.channel, None, True
     with contextlib.suppress(Exception):
@@ -205,8 +206,8 @@ def checked_node(url, which):
     shown: it may hold the password, or the password of a TLS key in ssl_options."""
     if not re.match("amqps?://", url, re.I):  # pika would take http:// too
         raise UnusableURL(f"{which} must begin with amqp:// or amqps://")
-    # A raw / ? # [ ] in the password ends it early, a raw @ reads as two; and bytes that are
-    # not UTF-8 cannot log in.
+    # A raw / ? # [ ] in the password ends it early; a second raw @ is refused (RFC 3986
+    # allows none in the password, though pika takes the last); bytes not UTF-8 cannot log in.
     if re.search("@.*@|[/?#\\[\\]].*@|[\udc80-\udcff]", url.split("//", 1)[1]):
         raise UnusableURL(f"in {which}, encode / ? # [ ] @ and what is not UTF-8 as %XX")
     try:  # an IPv6 address without its ], or a port that is not a number up to 65535
@@ -285,10 +286,10 @@ def explain(err, node):
 
 
 if __name__ == "__main__":
-    # The lines of a burst wait in memory (up to 64 MiB), and go out at its end, flushed
-    # before they are acknowledged (ack_once_printed): a stdout that blocks or fails does
-    # so between bursts, never while pika hands one over (see let_go). Text the terminal
-    # cannot show is escaped rather than a crash.
+    # The lines of a burst wait in memory, and go out at its end, flushed before they are
+    # acknowledged (ack_once_printed): a stdout that blocks or fails does so between bursts,
+    # not while pika hands one over (see let_go), unless a burst's lines pass 64 MiB. Text
+    # the terminal cannot show is escaped rather than a crash.
     if sys.stdout is None:
         sys.exit("receive.py has no stdout to print messages to (it is closed): not started.")
     if hasattr(sys.stdout, "buffer"):  # IDLE's stdout has none, and shows lines at once

@@ -173,8 +173,8 @@ def checked_node(url, which):
     shown: it may hold the password, or the password of a TLS key in ssl_options."""
     if not re.match("amqps?://", url, re.I):  # pika would take http:// too
         raise UnusableURL(f"{which} must begin with amqp:// or amqps://")
-    # A raw / ? # [ ] in the password ends it early, a raw @ reads as two; and bytes that are
-    # not UTF-8 cannot log in.
+    # A raw / ? # [ ] in the password ends it early; a second raw @ is refused (RFC 3986
+    # allows none in the password, though pika takes the last); bytes not UTF-8 cannot log in.
     if re.search("@.*@|[/?#\\[\\]].*@|[\udc80-\udcff]", url.split("//", 1)[1]):
         raise UnusableURL(f"in {which}, encode / ? # [ ] @ and what is not UTF-8 as %XX")
     try:  # an IPv6 address without its ], or a port that is not a number up to 65535
