@@ -13,7 +13,6 @@ during the split, losing nothing:
 Needs root and `ip netns`; skipped, saying why, where they are missing.
 """
 
-import json
 import signal
 import time
 
@@ -82,17 +81,16 @@ def heal(cluster, cut):
         # stay, and the cluster would not be whole. (Each node's cluster_status lists what
         # every node it sees running recorded, by the name of the node that recorded it.)
         everyone, deadline = {node.node for node in cluster.nodes}, time.monotonic() + 60
-        while not everyone <= (seen := set().union(*map(recorded_partitions, cluster.nodes))):
+        while True:
+            seen = set().union(*(cluster.running_nodes(node)[1] for node in cluster.nodes))
+            if seen >= everyone:
+                break
             assert time.monotonic() < deadline, f"only {seen} recorded the partition"
             time.sleep(1)
         cut.ctl("stop_app")
         # Its Mnesia may wait for the others' tables: up to 10 rounds of 30 s by default.
         cut.ctl("start_app", timeout=330)
     cluster.wait_until_whole()
-
-
-def recorded_partitions(node):
-    return set(json.loads(node.ctl("cluster_status", "--formatter", "json")).get("partitions", {}))
 
 
 def send_every_second(runner, seconds, prefix):
